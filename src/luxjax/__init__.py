@@ -1,0 +1,42 @@
+"""luxjax: explicit-parameter neural networks for JAX, with Lux's model-surgery toolkit.
+
+A model is an immutable layer plus two plain trees, parameters `ps` and states `st`:
+
+    >>> import jax, jax.numpy as jnp, luxjax as lx
+    >>> model = lx.Chain(lx.Dense(2, 4, jnp.tanh), lx.Dense(4, 1))
+    >>> ps, st = lx.setup(jax.random.key(0), model)
+    >>> y, st = model(jnp.ones((8, 2)), ps, st)
+    >>> y.shape
+    (8, 1)
+"""
+
+from .core import ConfigError as ConfigError
+from .core import ContainerLayer as ContainerLayer
+from .core import KeyPath as KeyPath
+from .core import Layer as Layer
+from .core import LayerError as LayerError
+from .core import NotALayerError as NotALayerError
+from .core import ShapeError as ShapeError
+from .core import StructureError as StructureError
+from .core import Training as Training
+from .core import WrapperLayer as WrapperLayer
+from .core import apply as apply
+from .core import parameter_count as parameter_count
+from .core import setup as setup
+from .core import state_count as state_count
+from .core import stateless_apply as stateless_apply
+from .core import testmode as testmode
+from .core import trainmode as trainmode
+from .core import update_state as update_state
+from .layers import BranchLayer as BranchLayer
+from .layers import Chain as Chain
+from .layers import Dense as Dense
+from .layers import FlattenLayer as FlattenLayer
+from .layers import NoOpLayer as NoOpLayer
+from .layers import PairwiseFusion as PairwiseFusion
+from .layers import Parallel as Parallel
+from .layers import ReshapeLayer as ReshapeLayer
+from .layers import SkipConnection as SkipConnection
+from .layers import WrappedFunction as WrappedFunction
+
+__version__ = "0.1.0"

@@ -1,0 +1,45 @@
+"""The errors luxjax raises, defined in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._keypath import KeyPath
+
+
+class LayerError(Exception):
+    """An error raised by a layer while it runs; it learns its path as it propagates.
+
+    Containers prepend the child's name to `path` on the way out, so the message names
+    where in the model the failing layer sits: `Dense(3 => 4) at encoder.layer_2: ...`.
+    """
+
+    def __init__(self, layer: Any, detail: str):
+        super().__init__(detail)
+        self.layer_repr = repr(layer)
+        self.detail = detail
+        self.path = KeyPath()
+
+    def __str__(self) -> str:
+        where = f" at {self.path}" if self.path else ""
+        return f"{self.layer_repr}{where}: {self.detail}"
+
+
+class ShapeError(LayerError, ValueError):
+    """An input whose shape or rank does not fit the layer."""
+
+
+class StructureError(LayerError, ValueError):
+    """A `ps` or `st` tree whose keys do not fit the layer."""
+
+
+class ConfigError(ValueError):
+    """A layer constructed with arguments that cannot work."""
+
+
+class NotALayerError(TypeError):
+    """Something that is not a `Layer` given where a layer is needed."""
+
+
+class NaNError(FloatingPointError):
+    """A NaN (or Inf) found by debug mode; the message names the layer and its location."""

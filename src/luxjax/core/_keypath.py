@@ -1,0 +1,65 @@
+"""`KeyPath`: the one way luxjax names a place in a model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KeyPath(tuple):
+    """A path to a place in a model, following the keys of its `ps` tree.
+
+    A `KeyPath` is a tuple of string keys, so it hashes, compares equal to a plain tuple
+    with the same keys and can be a static argument of `jax.jit`. Wrapper layers add no
+    level: the path of a layer is where its parameters live in `ps`.
+
+    Example:
+        >>> import luxjax as lx
+        >>> path = lx.KeyPath("chain", "dense_1")
+        >>> path
+        KeyPath('chain', 'dense_1')
+        >>> str(path)
+        'chain.dense_1'
+        >>> path / "weight"
+        KeyPath('chain', 'dense_1', 'weight')
+        >>> lx.KeyPath.parse("chain.dense_1") == path
+        True
+    """
+
+    def __new__(cls, *keys: str) -> KeyPath:
+        for key in keys:
+            if not isinstance(key, str):
+                raise TypeError(f"KeyPath keys must be strings, got {key!r} of type {type(key).__name__}.")
+        return super().__new__(cls, keys)
+
+    @classmethod
+    def parse(cls, dotted: str) -> KeyPath:
+        """Builds a path from its dotted form: `"chain.dense_1"` or `""` for the root."""
+        if not isinstance(dotted, str):
+            raise TypeError(f"KeyPath.parse expects a dotted string such as 'chain.dense_1', got {dotted!r}.")
+        return cls(*dotted.split(".")) if dotted else cls()
+
+    def __truediv__(self, key: str) -> KeyPath:
+        return KeyPath(*self, key)
+
+    def __add__(self, other: Any) -> KeyPath:
+        return KeyPath(*self, *other)
+
+    def __getitem__(self, index: Any) -> Any:
+        item = super().__getitem__(index)
+        return KeyPath(*item) if isinstance(index, slice) else item
+
+    def get(self, tree: Any) -> Any:
+        """Returns the entry of the nested-dict `tree` at this path."""
+        for depth, key in enumerate(self):
+            if not isinstance(tree, dict) or key not in tree:
+                where = str(KeyPath(*self[:depth])) or "the root"
+                have = ", ".join(repr(k) for k in tree) if isinstance(tree, dict) else f"a {type(tree).__name__}"
+                raise KeyError(f"no key {key!r} at {where} of path {self}; found {have}.")
+            tree = tree[key]
+        return tree
+
+    def __repr__(self) -> str:
+        return f"KeyPath({', '.join(repr(k) for k in self)})"
+
+    def __str__(self) -> str:
+        return ".".join(self)

@@ -1,0 +1,134 @@
+"""`setup`, `apply`, `stateless_apply` and the parameter and state counts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from ._errors import NotALayerError
+from ._layer import ContainerLayer, Layer, WrapperLayer
+from ._state import Training
+
+_DUMMY_KEY = jax.random.key(0)
+
+
+def _check_model(fn: str, model: Any) -> Layer:
+    if not isinstance(model, Layer):
+        raise NotALayerError(f"{fn}: `model` must be a luxjax Layer, got {model!r} of type {type(model).__name__}.")
+    return model
+
+
+def _as_key(fn: str, key: Any) -> jax.Array:
+    if isinstance(key, jax.Array) and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,)):
+        return key
+    raise TypeError(f"{fn}: `key` must be a PRNG key such as `jax.random.key(0)`, got {key!r}.")
+
+
+def setup(key: jax.Array, model: Layer) -> tuple[dict, dict]:
+    """Builds the parameter and state trees of `model`.
+
+    Args:
+        key: a PRNG key, e.g. `jax.random.key(0)`.
+        model: any luxjax layer.
+
+    Returns:
+        `(ps, st)`: nested dicts with one entry per child layer.
+
+    Example:
+        >>> import jax, luxjax as lx
+        >>> model = lx.Chain(lx.Dense(2, 4), lx.Dense(4, 1))
+        >>> ps, st = lx.setup(jax.random.key(0), model)
+        >>> ps["layer_1"]["weight"].shape
+        (4, 2)
+    """
+    model = _check_model("setup", model)
+    key = _as_key("setup", key)
+    key_ps, key_st = jax.random.split(key)
+    return model.init_params(key_ps), model.init_state(key_st)
+
+
+def apply(model: Layer, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
+    """Runs `model` on `x`: the same as `model(x, ps, st)`, returning `(y, new_st)`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, luxjax as lx
+        >>> model = lx.Dense(2, 3)
+        >>> ps, st = lx.setup(jax.random.key(0), model)
+        >>> y, st = lx.apply(model, jnp.ones((5, 2)), ps, st)
+        >>> y.shape
+        (5, 3)
+    """
+    return _check_model("apply", model)(x, ps, st)
+
+
+def _empty_state(model: Layer) -> Any:
+    if state_count(model):
+        raise ValueError(
+            f"stateless_apply: {model!r} has {state_count(model)} states; use `apply(model, x, ps, st)` "
+            "with the states from `setup`."
+        )
+    return jax.eval_shape(model.init_state, _DUMMY_KEY)  # only empty dicts: no arrays to make
+
+
+def stateless_apply(model: Layer, x: Any, ps: dict) -> Any:
+    """Runs a model that has no states and returns only its output.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, luxjax as lx
+        >>> model = lx.Dense(2, 3)
+        >>> ps, _ = lx.setup(jax.random.key(0), model)
+        >>> lx.stateless_apply(model, jnp.ones((5, 2)), ps).shape
+        (5, 3)
+    """
+    model = _check_model("stateless_apply", model)
+    return model(x, ps, _empty_state(model))[0]
+
+
+def _count_tree(tree: Any) -> int:
+    leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, Training))
+    return sum(1 if isinstance(leaf, Training) else int(np.prod(leaf.shape, dtype=np.int64)) for leaf in leaves)
+
+
+_COUNTS: dict[tuple[str, Layer], int] = {}
+
+
+def _count(model: Layer, kind: str) -> int:
+    # Containers that keep the default init sum their children; everything else is counted
+    # from the shapes of its own init, never materialising arrays. Equal layers share a count.
+    init = "init_params" if kind == "params" else "init_state"
+    for base in (ContainerLayer, WrapperLayer):
+        if isinstance(model, base) and getattr(type(model), init) is getattr(base, init):
+            return sum(_count(child, kind) for child in model.children().values())
+    try:
+        return _COUNTS[kind, model]
+    except TypeError:  # an unhashable field: count without the cache
+        return _count_tree(jax.eval_shape(getattr(model, init), _DUMMY_KEY))
+    except KeyError:
+        count = _COUNTS[kind, model] = _count_tree(jax.eval_shape(getattr(model, init), _DUMMY_KEY))
+        return count
+
+
+def parameter_count(model: Layer) -> int:
+    """The number of trainable scalars of `model` (Lux's `parameterlength`).
+
+    Computed from shapes alone, without materialising arrays.
+
+    Example:
+        >>> import luxjax as lx
+        >>> lx.parameter_count(lx.Dense(2, 4))
+        12
+    """
+    return _count(_check_model("parameter_count", model), "params")
+
+
+def state_count(model: Layer) -> int:
+    """The number of state scalars of `model` (Lux's `statelength`); a training flag counts 1.
+
+    Example:
+        >>> import luxjax as lx
+        >>> lx.state_count(lx.Dense(2, 4))
+        0
+    """
+    return _count(_check_model("state_count", model), "state")

@@ -1,0 +1,12 @@
+"""The built-in layers."""
+
+from ._basic import FlattenLayer as FlattenLayer
+from ._basic import NoOpLayer as NoOpLayer
+from ._basic import ReshapeLayer as ReshapeLayer
+from ._basic import WrappedFunction as WrappedFunction
+from ._containers import BranchLayer as BranchLayer
+from ._containers import Chain as Chain
+from ._containers import PairwiseFusion as PairwiseFusion
+from ._containers import Parallel as Parallel
+from ._containers import SkipConnection as SkipConnection
+from ._dense import Dense as Dense

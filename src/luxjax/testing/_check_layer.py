@@ -1,0 +1,110 @@
+"""`check_layer`: the contract battery every luxjax layer passes."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.test_util import check_grads
+
+from ..core import Layer, display, parameter_count, setup, state_count
+
+
+def _fail(model: Layer, what: str) -> AssertionError:
+    return AssertionError(f"check_layer({model!r}): {what}")
+
+
+def _float_leaves(tree: Any) -> bool:
+    return any(jnp.issubdtype(jnp.result_type(leaf), jnp.floating) for leaf in jax.tree.leaves(tree))
+
+
+def _assert_close(model: Layer, what: str, actual: Any, expected: Any, rtol: float, atol: float) -> None:
+    if jax.tree.structure(actual) != jax.tree.structure(expected):
+        raise _fail(model, f"{what}: structure {jax.tree.structure(actual)} != {jax.tree.structure(expected)}")
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        if jnp.issubdtype(jnp.result_type(e), jax.dtypes.prng_key):
+            a, e = jax.random.key_data(a), jax.random.key_data(e)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol, atol=atol, err_msg=f"{model!r}: {what}")
+
+
+def _same_structure(model: Layer, what: str, new: Any, old: Any) -> None:
+    if jax.tree.structure(new) != jax.tree.structure(old):
+        raise _fail(model, f"{what} changed structure: {jax.tree.structure(old)} -> {jax.tree.structure(new)}")
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old)):
+        if (jnp.shape(a), jnp.result_type(a)) != (jnp.shape(b), jnp.result_type(b)):
+            raise _fail(
+                model,
+                f"{what} changed a leaf from {jnp.shape(b)} {jnp.result_type(b)} "
+                f"to {jnp.shape(a)} {jnp.result_type(a)}",
+            )
+
+
+def check_layer(
+    model: Layer,
+    x: Any,
+    *,
+    key: jax.Array | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    check_gradients: bool = True,
+    check_vmap: bool = True,
+) -> None:
+    """Runs luxjax's layer contract on `model` with input `x`; raises `AssertionError` on failure.
+
+    Checks, in order:
+
+    1. the layer is hashable and equal to itself, and prints (`repr`, the counted tree);
+    2. `parameter_count`/`state_count` agree with the arrays `setup` makes;
+    3. `jax.jit` gives the same output and state as eager execution;
+    4. the new state keeps the structure, shapes and dtypes of the old one, also when it
+       goes through `jax.lax.cond` (so it can be carried through loops and conditionals);
+    5. gradients with respect to the floating-point parameters and input match finite
+       differences (`jax.test_util.check_grads`, reverse mode);
+    6. `jax.vmap` over an extra leading axis gives each sample's eager result.
+
+    Example:
+        >>> import jax.numpy as jnp, luxjax as lx
+        >>> from luxjax.testing import check_layer
+        >>> check_layer(lx.Dense(3, 2, jnp.tanh), jnp.ones((4, 3)))
+    """
+    key = jax.random.key(0) if key is None else key
+    hash(model)
+    if model != model:
+        raise _fail(model, "a layer must equal itself")
+    if not repr(model) or not display(model):
+        raise _fail(model, "printing gave an empty string")
+
+    ps, st = setup(key, model)
+    n_ps = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(ps))
+    if parameter_count(model) != n_ps:
+        raise _fail(model, f"parameter_count says {parameter_count(model)} but setup made {n_ps} parameters")
+    if state_count(model) < sum(int(np.size(leaf)) for leaf in jax.tree.leaves(st)):
+        raise _fail(model, f"state_count says {state_count(model)}, fewer than the state arrays setup made")
+
+    y, new_st = model(x, ps, st)
+    y_jit, st_jit = jax.jit(lambda x, ps, st: model(x, ps, st))(x, ps, st)
+    _assert_close(model, "jit output", y_jit, y, rtol, atol)
+    _assert_close(model, "jit state", st_jit, new_st, rtol, atol)
+
+    _same_structure(model, "the state", new_st, st)
+    through_cond = jax.jit(lambda p, x, ps, st: jax.lax.cond(p, lambda: model(x, ps, st)[1], lambda: st))
+    _same_structure(model, "the state through lax.cond", through_cond(True, x, ps, st), st)
+
+    if check_gradients:
+        direction = jax.tree.map(lambda a: jax.random.normal(jax.random.key(1), jnp.shape(a)), y)
+
+        def objective(ps: Any, x: Any) -> jax.Array:
+            out = model(x, ps, st)[0]
+            return sum(jnp.vdot(a, d) for a, d in zip(jax.tree.leaves(out), jax.tree.leaves(direction)))
+
+        if _float_leaves(ps):
+            check_grads(lambda ps: objective(ps, x), (ps,), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
+        if _float_leaves(x):
+            check_grads(lambda x: objective(ps, x), (x,), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
+
+    if check_vmap:
+        x2 = jax.tree.map(lambda a: a * 0.5 if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a[::-1], x)
+        batched = jax.tree.map(lambda a, b: jnp.stack([a, b]), x, x2)
+        y_vmap = jax.vmap(lambda xb: model(xb, ps, st)[0])(batched)
+        expected = jax.tree.map(lambda a, b: jnp.stack([a, b]), y, model(x2, ps, st)[0])
+        _assert_close(model, "vmap output", y_vmap, expected, 1e-4, 1e-4)
