@@ -22,8 +22,9 @@ test: lint
 demo: $(STAMP)
 	$(PY) examples/digits_mlp.py
 
+# `make bench ARGS=--quick` for the one-minute version; results in bench_out/results.json.
 bench: $(STAMP)
-	@echo "benchmarks land with the benchmark issue; nothing to run yet"
+	$(PY) -m bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) demo_out bench_out

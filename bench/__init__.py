@@ -1,0 +1,1 @@
+"""Benchmarks: luxjax against hand-written JAX, Flax NNX and Equinox (`python -m bench`)."""

@@ -1,0 +1,213 @@
+"""Command line, the printed table, the JSON file and the checks (loss decreased, same start)."""
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from . import _harness, _suite
+from ._workloads import FULL, SMOKE
+
+TARGETS = {  # luxjax's targets from the benchmark issue
+    "vs_fastest": 1.05,  # workloads 1-4, luxjax cells against the fastest peer in the same round
+    "frozen": 0.35,  # frozen step / the same library's full step
+    "debug": 1.4,  # debug_mode step / the plain step
+    "structure_s": 0.5,  # each structure operation on the big Chain
+}
+SAME_START_RTOL = 1e-3
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in ("jax", "jaxlib", "flax", "equinox", "optax", "luxjax"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "malloc_env": {
+            k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+        },
+    }
+
+
+def _time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}×"
+
+
+def table(rows: list[dict], n_layers: int) -> str:
+    head = "| workload | implementation | median step | ratio | to | vs fastest peer | first call | loss first → last |"
+    lines = [head, "|" + "---|" * 8]
+    title = None
+    for row in rows:
+        name = _suite.TITLES[row["workload"]].format(n=n_layers)
+        shown = name if name != title else ""
+        title = name
+        if "not_measured" in row:
+            lines.append(f"| {shown} | {row['impl']} | not measured: {row['not_measured']} | | | | | |")
+        elif row.get("kind") == "operation":
+            ok = "✓" if row["median_s"] < TARGETS["structure_s"] else "✗"
+            lines.append(
+                f"| {shown} | {row['impl']} | {_time(row['median_s'])} | | | | {_time(row['first_call_s'])} "
+                f"| target < {TARGETS['structure_s']} s {ok} |"
+            )
+        else:
+            ref = row["reference"] if row["reference"] != row["impl"] else "itself"
+            loss = f"{row['loss_first']:.4f} → {row['loss_last']:.4f}" + ("" if row["loss_decreased"] else " ✗")
+            if not row.get("same_start", True):
+                loss += " (start differs)"
+            lines.append(
+                f"| {shown} | {row['impl']} | {_time(row['median_s'])} | {_ratio(row.get('ratio'))} | {ref} "
+                f"| {_ratio(row.get('vs_fastest'))} | {_time(row['first_call_s'])} | {loss} |"
+            )
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """luxjax's targets, each with the measured figure and whether it is met."""
+    found = []
+    for row in rows:
+        if "not_measured" in row or not row["impl"].startswith("luxjax"):
+            continue
+        if row["workload"] in ("tiny", "medium", "cnn", "transformer"):
+            limit, value, what = TARGETS["vs_fastest"], row.get("vs_fastest"), "× fastest peer"
+        elif row["workload"] == "frozen" and "frozen" in row["impl"]:
+            limit, value, what = TARGETS["frozen"], row.get("ratio"), "× own full step"
+        elif row["workload"] == "debug" and "debug_mode" in row["impl"]:
+            limit, value, what = TARGETS["debug"], row.get("ratio"), "× plain step"
+        elif row["workload"] == "structure":
+            limit, value, what = TARGETS["structure_s"], row.get("median_s"), "s"
+        else:
+            continue
+        found.append(
+            {
+                "workload": row["workload"],
+                "impl": row["impl"],
+                "value": value,
+                "limit": limit,
+                "unit": what,
+                "met": value is not None and value <= limit,
+            }
+        )
+    return found
+
+
+def check(rows: list[dict]) -> list[str]:
+    """Every measured implementation's loss went down and started where hand-written JAX started."""
+    problems = []
+    first = {}
+    for row in rows:
+        if row.get("impl") == _suite.JAX and "loss_first" in row:
+            first[row["workload"]] = row["loss_first"]
+    for name in ("frozen", "debug"):  # workload 2's model and batch, whose JAX cell may be skipped here
+        first.setdefault(name, first.get("medium"))
+    for row in rows:
+        if "loss_first" not in row:
+            continue
+        if not row["loss_decreased"]:
+            problems.append(
+                f"{row['workload']} / {row['impl']}: loss did not decrease ({row['loss_first']} → {row['loss_last']})"
+            )
+        ref = first.get(row["workload"])
+        row["same_start"] = ref is None or abs(row["loss_first"] - ref) <= SAME_START_RTOL * max(1.0, abs(ref))
+        if not row["same_start"]:
+            problems.append(
+                f"{row['workload']} / {row['impl']}: first loss {row['loss_first']} != hand-written JAX's {ref}"
+            )
+    return problems
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds: under a minute")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes and two rounds: the test suite's check")
+    parser.add_argument("--only", default=",".join(_suite.WORKLOADS), help="comma-separated workloads to run")
+    parser.add_argument("--out", default="bench_out/results.json", help="where to write the JSON results")
+    parser.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-reexec", action="store_true", help="do not re-execute with pinned malloc settings")
+    args = parser.parse_args(argv)
+
+    settings = _harness.SMOKE if args.smoke else _harness.QUICK if args.quick else _harness.DEFAULT
+    if args.rounds is not None:
+        settings = _harness.Settings(**{**settings.__dict__, "rounds": args.rounds})
+    sizes = SMOKE if args.smoke else FULL
+    chosen = [w.strip() for w in args.only.split(",") if w.strip()]
+    unknown = [w for w in chosen if w not in _suite.WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(_suite.WORKLOADS)}")
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    rows: list[dict] = []
+    # Equinox's backward_nan prints every primal and cotangent on each backward pass (its
+    # documented behaviour, part of its cost): measured with stdout sent to /dev/null.
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        for workload in chosen:
+            log(f"{_suite.TITLES[workload].format(n=sizes.structure_layers)}")
+            if workload == "structure":
+                ops = _suite.structure_ops(sizes.structure_layers)
+                rows += _harness.time_operations(workload, ops, settings, log)
+            else:
+                rows += _harness.run_workload(_suite.build(workload, sizes, args.seed), settings, log)
+    problems = check(rows)
+    met = targets(rows)
+    text = table(rows, sizes.structure_layers)
+    print(text)
+    print()
+    for t in met:
+        mark = "met" if t["met"] else "MISSED"
+        print(f"target {mark}: {t['workload']} / {t['impl']}: {t['value']:.3g} {t['unit']} (limit {t['limit']})")
+    for problem in problems:
+        print(f"CHECK FAILED: {problem}")
+
+    result = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "mode": "smoke" if args.smoke else "quick" if args.quick else "default",
+        "settings": settings.__dict__,
+        "machine": machine(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "wall_s": time.perf_counter() - started,
+        "results": rows,
+        "targets": met,
+        "problems": problems,
+        "table": text,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    log(f"wrote {out} ({result['wall_s']:.0f} s)")
+    return 1 if problems else 0
