@@ -12,6 +12,7 @@ import optax
 from jax.experimental import checkify
 
 from ._hand import cross_entropy, mse
+from ._harness import shared
 from ._workloads import LEARNING_RATE, LN_EPS
 
 _KEY = jax.random.key(0)
@@ -129,8 +130,7 @@ def _jit(train_step, check_nans):
     return thrown
 
 
-def runner(model, loss, batch, check_nans=False):
-    """Equinox's documented training step: `filter_value_and_grad` on the model, `filter_jit`."""
+def _step(loss, check_nans):
     tx = optax.adam(LEARNING_RATE)
 
     def train_step(model, opt_state, x, y):
@@ -138,7 +138,12 @@ def runner(model, loss, batch, check_nans=False):
         updates, opt_state = tx.update(grads, opt_state, eqx.filter(model, eqx.is_array))
         return eqx.apply_updates(model, updates), opt_state, value
 
-    train_step = _jit(train_step, check_nans)
+    return tx, _jit(train_step, check_nans)
+
+
+def runner(model, loss, batch, check_nans=False):
+    """Equinox's documented training step: `filter_value_and_grad` on the model, `filter_jit`."""
+    tx, train_step = shared(("equinox", loss, check_nans), lambda: _step(loss, check_nans))
     state = [model, tx.init(eqx.filter(model, eqx.is_inexact_array))]
 
     def step():

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import optax
 from jax.experimental import checkify
 
+from ._harness import shared
 from ._workloads import LEARNING_RATE, LN_EPS
 
 # ---------------------------------------------------------------- models
@@ -70,10 +71,19 @@ def _step_fn(loss_fn):
     return tx, train_step
 
 
+def _jitted(loss_fn):
+    tx, train_step = _step_fn(loss_fn)
+    return tx, jax.jit(train_step)
+
+
+def _checkified(loss_fn):
+    tx, train_step = _step_fn(loss_fn)
+    return tx, jax.jit(checkify.checkify(train_step, errors=checkify.nan_checks))
+
+
 def runner(loss_fn, params, batch):
     """The plain jitted adam step on `params`; returns `step()` giving the loss."""
-    tx, train_step = _step_fn(loss_fn)
-    train_step = jax.jit(train_step)
+    tx, train_step = shared(("jax", loss_fn), lambda: _jitted(loss_fn))
     state = [params, tx.init(params)]
 
     def step():
@@ -85,8 +95,7 @@ def runner(loss_fn, params, batch):
 
 def checkify_runner(loss_fn, params, batch):
     """The same step under `checkify` with NaN checks (forward and backward); the error is thrown each step."""
-    tx, train_step = _step_fn(loss_fn)
-    train_step = jax.jit(checkify.checkify(train_step, errors=checkify.nan_checks))
+    tx, train_step = shared(("jax checkify", loss_fn), lambda: _checkified(loss_fn))
     state = [params, tx.init(params)]
 
     def step():

@@ -51,6 +51,17 @@ class Cell:
     repeat: bool = False  # the same step as a cell of an earlier workload, here only as a reference
 
 
+_SHARED: dict = {}
+
+
+def shared(key, build: Callable):
+    """`build()` once per `key`: runners keep one jitted function per model kind and loss, so a
+    workload that repeats another's step as its reference reuses that compilation."""
+    if key not in _SHARED:
+        _SHARED[key] = build()
+    return _SHARED[key]
+
+
 def _block(value):
     return jax.block_until_ready(value)
 
@@ -72,8 +83,12 @@ def _calibrate(step, settings: Settings) -> tuple[int, object]:
     return n, loss
 
 
-def run_workload(cells: list[Cell], settings: Settings, log: Callable[[str], None]) -> list[dict]:
-    """Measures the cells of one workload; returns one result dict per cell (also the unmeasured)."""
+def run_workload(cells: list[Cell], settings: Settings, log: Callable[[str], None], fastest: bool) -> list[dict]:
+    """Measures the cells of one workload; returns one result dict per cell (also the unmeasured).
+
+    With `fastest`, each cell also gets `vs_fastest`: the median over rounds of its time over the
+    fastest peer cell's time in the same round.
+    """
     results: dict[str, dict] = {}
     steps: dict[str, Callable] = {}
     inner: dict[str, int] = {}
@@ -110,7 +125,7 @@ def run_workload(cells: list[Cell], settings: Settings, log: Callable[[str], Non
             times[name].append((time.perf_counter() - start) / n)
             last_loss[name] = loss
 
-    peers = [name for name in order if results[name]["peer"]]
+    peers = [name for name in order if results[name]["peer"]] if fastest else []
     for name in order:
         row = results[name]
         row["steps_per_measurement"] = inner[name]

@@ -40,7 +40,8 @@ def mlp(params):
 
 
 def step_runner(model, ps, st, loss, batch):
-    """The train step a user writes: `jax.value_and_grad` of the model call, optax adam, `jax.jit`."""
+    """The train step a user writes (as in examples/): `jax.value_and_grad` of the model call,
+    optax adam, `jax.jit` over a closure of the model."""
     tx = optax.adam(LEARNING_RATE)
 
     @jax.jit

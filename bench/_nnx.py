@@ -12,6 +12,7 @@ from flax import nnx
 from jax.experimental import checkify
 
 from ._hand import cross_entropy, mse
+from ._harness import shared
 from ._workloads import LEARNING_RATE, LN_EPS
 
 
@@ -126,10 +127,7 @@ def jit_runner(model, loss, batch, wrt=nnx.Param):
     return step
 
 
-def split_merge_runner(model, loss, batch, wrt=nnx.Param):
-    """NNX's performance-guide style: split once, `jax.jit` a pure step that merges and splits."""
-    optimizer = nnx.Optimizer(model, optax.adam(LEARNING_RATE), wrt=wrt)
-    graphdef, state = nnx.split((model, optimizer))
+def _pure_step(loss, wrt):
     inner = _train_step(loss, wrt)
 
     def pure_step(graphdef, state, x, y):
@@ -137,7 +135,14 @@ def split_merge_runner(model, loss, batch, wrt=nnx.Param):
         value = inner(model, optimizer, x, y)
         return value, nnx.state((model, optimizer))
 
-    train_step = jax.jit(pure_step)
+    return pure_step
+
+
+def split_merge_runner(model, loss, batch, wrt=nnx.Param):
+    """NNX's performance-guide style: split once, `jax.jit` a pure step that merges and splits."""
+    optimizer = nnx.Optimizer(model, optax.adam(LEARNING_RATE), wrt=wrt)
+    graphdef, state = nnx.split((model, optimizer))
+    train_step = shared(("nnx split/merge", loss, wrt), lambda: jax.jit(_pure_step(loss, wrt)))
     holder = [state]
 
     def step():
@@ -156,7 +161,7 @@ def functional_runner(model, loss, batch, check_nans=False):
     tx = optax.adam(LEARNING_RATE)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-    def train_step(params, opt_state, x, y):
+    def train_step(graphdef, params, rest, opt_state, x, y):
         def loss_fn(params):
             return loss(nnx.merge(graphdef, params, rest)(x), y)
 
@@ -177,7 +182,7 @@ def functional_runner(model, loss, batch, check_nans=False):
     state = [params, tx.init(params)]
 
     def step():
-        state[0], state[1], value = run(state[0], state[1], *batch)
+        state[0], state[1], value = run(graphdef, state[0], rest, state[1], *batch)
         return value
 
     return step

@@ -10,6 +10,7 @@ from ._harness import Cell, NotMeasured
 from ._workloads import Sizes, cnn_data, mlp_data, transformer_data
 
 WORKLOADS = ("tiny", "medium", "cnn", "transformer", "frozen", "debug", "structure")
+RACES = ("tiny", "medium", "cnn", "transformer")  # workloads where every implementation races every other
 TITLES = {
     "tiny": "1. tiny MLP",
     "medium": "2. medium MLP",
