@@ -101,13 +101,50 @@ def debug(model):
 
 
 def cnn(params):
-    """`Chain(Conv(3x3, relu), Conv(3x3, relu), FlattenLayer(), Dense)` with the canonical weights."""
+    """`Chain(Conv(3x3, relu), Conv(3x3, relu), FlattenLayer(), Dense)` with the canonical weights.
+
+    luxjax's `Conv` is a cross-correlation with an HWIO weight, like the canonical layout.
+    """
     conv = need("luxjax", "Conv", "issue 3, branch `zoo`")
-    raise NotMeasured(f"{conv.__name__} landed; wire its parameter layout into the benchmark")
+    layers, ps = [], {}
+    for i, p in enumerate(params["convs"]):
+        kh, kw, c_in, c_out = p["kernel"].shape
+        layers.append(conv((kh, kw), c_in, c_out, jax.nn.relu))
+        ps[f"layer_{i + 1}"] = {"weight": jnp.asarray(p["kernel"]), "bias": jnp.asarray(p["bias"])}
+    n = len(layers)
+    layers += [lx.FlattenLayer(), lx.Dense(*params["head"]["weight"].shape[::-1])]
+    ps[f"layer_{n + 1}"] = {}
+    ps[f"layer_{n + 2}"] = _dense_ps(params["head"])
+    return _checked(lx.Chain(*layers), ps)
 
 
 def transformer(params, heads):
-    """Two pre-LN blocks of `LayerNorm`, `MultiHeadAttention`, `Dense`, with the canonical weights."""
-    need("luxjax", "LayerNorm", "issue 3, branches `zoo`/`zoo2`")
-    need("luxjax", "MultiHeadAttention", "issue 3, branches `zoo`/`zoo2`")
-    raise NotMeasured("LayerNorm and MultiHeadAttention landed; wire their parameter layout into the benchmark")
+    """Pre-LN blocks: `SkipConnection(Chain(LayerNorm, MultiHeadAttention), +)` then
+    `SkipConnection(Chain(LayerNorm, Dense(gelu), Dense), +)`, with the canonical weights."""
+    layer_norm = need("luxjax", "LayerNorm", "issue 3, branch `zoo`")
+    attention = need("luxjax", "MultiHeadAttention", "issue 3, branch `zoo2`")
+    blocks, ps = [], {}
+    for i, p in enumerate(params):
+        d, hidden = p["ln1"]["scale"].shape[0], p["fc1"]["weight"].shape[0]
+        attn = lx.Chain(ln=layer_norm(d), mha=attention(d, heads))
+        mlp = lx.Chain(ln=layer_norm(d), fc1=lx.Dense(d, hidden, jax.nn.gelu), fc2=lx.Dense(hidden, d))
+        blocks.append(lx.Chain(attn=lx.SkipConnection(attn, jnp.add), mlp=lx.SkipConnection(mlp, jnp.add)))
+        projections = {f"{n}_proj": _dense_ps(p["attn"][n]) for n in "qkv"} | {"out_proj": _dense_ps(p["attn"]["o"])}
+        ps[f"layer_{i + 1}"] = {
+            "attn": {"ln": _ln_ps(p["ln1"]), "mha": projections},
+            "mlp": {"ln": _ln_ps(p["ln2"]), "fc1": _dense_ps(p["fc1"]), "fc2": _dense_ps(p["fc2"])},
+        }
+    return _checked(lx.Chain(*blocks), ps)
+
+
+def _ln_ps(p):
+    return {"scale": jnp.asarray(p["scale"]), "bias": jnp.asarray(p["bias"])}
+
+
+def _checked(model, ps):
+    """`(model, ps, st)` after checking that `ps` has exactly the structure and shapes `setup` gives."""
+    fresh, st = lx.setup(jax.random.key(0), model)
+    shapes = lambda tree: jax.tree.map(jnp.shape, tree)  # noqa: E731
+    if jax.tree.structure(fresh) != jax.tree.structure(ps) or shapes(fresh) != shapes(ps):
+        raise NotMeasured(f"luxjax's parameter layout changed: setup gives {shapes(fresh)}, bench built {shapes(ps)}")
+    return model, ps, st
