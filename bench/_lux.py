@@ -39,9 +39,9 @@ def mlp(params):
     return model, ps, st
 
 
-def step_runner(model, ps, st, loss, batch):
+def step_runner(model, ps, st, loss, batch, wrap=None):
     """The train step a user writes (as in examples/): `jax.value_and_grad` of the model call,
-    optax adam, `jax.jit` over a closure of the model."""
+    optax adam, `jax.jit` over a closure of the model; `wrap` wraps the jitted step."""
     tx = optax.adam(LEARNING_RATE)
 
     @jax.jit
@@ -54,6 +54,8 @@ def step_runner(model, ps, st, loss, batch):
         updates, opt_state = tx.update(grads, opt_state, ps)
         return optax.apply_updates(ps, updates), st, opt_state, value
 
+    if wrap is not None:
+        train_step = wrap(train_step)
     state = [ps, st, tx.init(ps)]
 
     def step():
@@ -83,21 +85,20 @@ def train_state_runner(model, ps, st, loss, batch):
 
 
 def freeze_backbone(model, ps, st):
-    """Freezes every Dense but the last with `luxjax.experimental.freeze`, through `layer_map`."""
+    """Freezes every child but the last: `freeze(model, ps, st, ("layer_1", ..., "layer_{n-1}"))`."""
     freeze = need("luxjax.experimental", "freeze", "issue 4, branch `surgery`")
-    layer_map = need("luxjax.experimental", "layer_map", "issue 5")
-    head = lx.KeyPath(list(model.children())[-1])
-
-    def f(layer, p, s, path):
-        return (layer, p, s) if path == head else freeze(layer, p, s)
-
-    return layer_map(f, model, ps, st)
+    return freeze(model, ps, st, tuple(model.children())[:-1])
 
 
 def debug(model):
     """`debug_mode(model, nan_check="both")`: NaN checks in the forward and the backward pass."""
     debug_mode = need("luxjax.experimental", "debug_mode", "issue 6, branch `debug`")
     return debug_mode(model, nan_check="both")
+
+
+def raise_nan_errors(fn):
+    """luxjax's helper that waits for each call and re-raises a NaN found under jit as `NaNError`."""
+    return need("luxjax.experimental", "raise_nan_errors", "issue 6, branch `debug`")(fn)
 
 
 def cnn(params):

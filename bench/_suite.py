@@ -118,9 +118,12 @@ def debug_cells(spec, seed):
     w = "debug"
     hand_params = lambda: jax.tree.map(jnp.asarray, params)  # noqa: E731
 
-    def lux_debug():
-        model, ps, st = _lux.mlp(params)
-        return _lux.step_runner(_lux.debug(model), ps, st, _hand.cross_entropy, batch)
+    def lux_debug(wrap=None):
+        def make():
+            model, ps, st = _lux.mlp(params)
+            return _lux.step_runner(_lux.debug(model), ps, st, _hand.cross_entropy, batch, wrap)
+
+        return make
 
     return [
         Cell(w, JAX, lambda: _hand.runner(_hand.mlp_loss, hand_params(), batch), JAX, repeat=True),
@@ -138,7 +141,8 @@ def debug_cells(spec, seed):
         Cell(
             w, LUX_STEP, lambda: _lux.step_runner(*_lux.mlp(params), _hand.cross_entropy, batch), LUX_STEP, repeat=True
         ),
-        Cell(w, LUX_STEP + " debug_mode", lux_debug, LUX_STEP),
+        Cell(w, LUX_STEP + " debug_mode", lux_debug(), LUX_STEP),
+        Cell(w, LUX_STEP + " debug_mode + raise_nan_errors", lux_debug(_lux.raise_nan_errors), LUX_STEP),
     ]
 
 
