@@ -201,7 +201,7 @@ class LayerNorm(Layer):
             k = len(self.shape)
             if tuple(jnp.shape(x)[-k:]) != self.shape or jnp.ndim(x) < k:
                 raise ShapeError(
-                    self, f"expected input whose trailing axes are {self.shape}, got shape {jnp.shape(x)}."
+                    self, f"expected input with trailing axes {self.shape}, got shape {jnp.shape(x)}."
                 )
             axes = tuple(range(jnp.ndim(x) - k, jnp.ndim(x)))
             mean = jnp.mean(x, axis=axes, keepdims=True)
