@@ -134,3 +134,20 @@ def test_adaptive_pool_matches_torch(out_size, shape):
         (lx.AdaptiveMeanPool(out_size), getattr(torch.nn.functional, f"adaptive_avg_pool{n}d")),
     ]:
         np.testing.assert_allclose(layer(x, {}, {})[0], _torch_run(fn, x, output_size=out_size), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind", ["max", "mean"])
+def test_pool_gradient_under_jit_matches_torch(kind):
+    # reduce_window is only differentiable when its initial value is a known constant;
+    # under jit a traced one used to fail ("Linearization failed").
+    torch = pytest.importorskip("torch")
+    layer = {"max": lx.MaxPool, "mean": lx.MeanPool}[kind]((3, 2), stride=(2, 1), padding=1)
+    x = _normal((2, 6, 5, 3))
+    direction = _normal((2, 3, 6, 3), seed=2)
+    grad = jax.jit(jax.grad(lambda x: jnp.vdot(layer(x, {}, {})[0], direction)))(x)
+    xt = torch.tensor(np.asarray(x)).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+    fn = getattr(torch.nn.functional, f"{kind.replace('mean', 'avg')}_pool2d")
+    yt = fn(xt, kernel_size=(3, 2), stride=(2, 1), padding=1)
+    (yt * torch.tensor(np.asarray(direction)).permute(0, 3, 1, 2)).sum().backward()
+    np.testing.assert_allclose(grad, xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-6)

@@ -90,7 +90,7 @@ class MaxPool(_Pool):
     """
 
     def _reduce(self, x: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
-        return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, **self._window_args(pads))
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, **self._window_args(pads))
 
 
 class MeanPool(_Pool):
@@ -116,7 +116,7 @@ class MeanPool(_Pool):
     """
 
     def _reduce(self, x: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
-        total = jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, **self._window_args(pads))
+        total = jax.lax.reduce_window(x, 0.0, jax.lax.add, **self._window_args(pads))
         return total / math.prod(self.window)
 
 
