@@ -36,7 +36,7 @@ class Settings:
     skip_repeats: bool = False  # skip cells that only repeat another workload's cell as a reference
 
 
-DEFAULT = Settings(rounds=15, target_s=0.2, warmup_s=0.4, min_steps=1, repeats=5)
+DEFAULT = Settings(rounds=25, target_s=0.12, warmup_s=0.4, min_steps=1, repeats=5)
 QUICK = Settings(rounds=4, target_s=0.04, warmup_s=0.05, min_steps=1, repeats=2)
 SMOKE = Settings(rounds=2, target_s=0.0, warmup_s=0.0, min_steps=2, repeats=1, skip_repeats=True)
 
