@@ -201,6 +201,11 @@ def main(argv: list[str]) -> int:
     problems = check(rows)
     met = targets(rows)
     text = table(rows, sizes.structure_layers)
+    info = machine()
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "default"
+    print(f"{info['cpu']}, {info['cores']} cores; {versions}; {mode} run, {datetime.date.today().isoformat()}")
+    print()
     print(text)
     print()
     for t in met:
@@ -211,9 +216,9 @@ def main(argv: list[str]) -> int:
 
     result = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "mode": "smoke" if args.smoke else "quick" if args.quick else "default",
+        "mode": mode,
         "settings": settings.__dict__,
-        "machine": machine(),
+        "machine": info,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "wall_s": time.perf_counter() - started,
