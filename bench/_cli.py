@@ -36,8 +36,8 @@ def machine() -> dict:
     for name in ("jax", "jaxlib", "flax", "equinox", "optax", "luxjax"):
         try:
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+        except metadata.PackageNotFoundError:  # e.g. luxjax run from a source tree
+            versions[name] = getattr(sys.modules.get(name), "__version__", None)
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
