@@ -31,10 +31,15 @@ from .core import update_state as update_state
 from .layers import BranchLayer as BranchLayer
 from .layers import Chain as Chain
 from .layers import Dense as Dense
+from .layers import Embedding as Embedding
 from .layers import FlattenLayer as FlattenLayer
+from .layers import GRUCell as GRUCell
+from .layers import LSTMCell as LSTMCell
+from .layers import MultiHeadAttention as MultiHeadAttention
 from .layers import NoOpLayer as NoOpLayer
 from .layers import PairwiseFusion as PairwiseFusion
 from .layers import Parallel as Parallel
+from .layers import Recurrence as Recurrence
 from .layers import ReshapeLayer as ReshapeLayer
 from .layers import SkipConnection as SkipConnection
 from .layers import WrappedFunction as WrappedFunction
