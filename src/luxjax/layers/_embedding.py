@@ -84,7 +84,7 @@ class Embedding(Layer):
             x = jnp.asarray(x)
             # Negative indices would wrap around in JAX; send them out of range so they give NaN.
             x = jnp.where(x < 0, self.vocab_size, x)
-            y = ps["weight"].at[x].get(mode="fill", fill_value=jnp.nan)
+            y = jnp.asarray(ps["weight"]).at[x].get(mode="fill", fill_value=jnp.nan)
             return y, st
 
     def __repr__(self) -> str:
