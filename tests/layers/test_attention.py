@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,7 +51,9 @@ def test_attention_parameters_display_and_equality(key):
     assert not np.allclose(ps["q_proj"]["weight"], ps["k_proj"]["weight"])
     assert model == lx.MultiHeadAttention(8, 4) and hash(model) == hash(lx.MultiHeadAttention(8, 4))
     assert lx.parameter_count(model) == 4 * (64 + 8)
-    assert "Total: 288 parameters" in str(model)
+    printed = str(model)
+    assert re.search(r"\n    q_proj = Dense\(8 => 8\), +# 72 parameters\n", printed)
+    assert "    num_heads = 4,\n)" in printed and "Total: 288 parameters" in printed
     swapped = model.replace_children({"out_proj": lx.Dense(8, 8, use_bias=False)})
     assert lx.parameter_count(swapped) == 3 * 72 + 64 and swapped.num_heads == 4
 

@@ -154,6 +154,10 @@ class MultiHeadAttention(ContainerLayer):
             y, new_st["out_proj"] = call_child(self, "out_proj", attended, ps, st)
             return ((y, weights) if self.return_weights else y), new_st
 
+    def display_args(self) -> list[str]:
+        extra = ["return_weights = True"] if self.return_weights else []
+        return [f"num_heads = {self.num_heads}", *extra]
+
     def __repr__(self) -> str:
         bias = ", use_bias=False" if not self.use_bias else ""
         weights = ", return_weights=True" if self.return_weights else ""
