@@ -33,9 +33,9 @@ class Embedding(Layer):
     embedding without transposing. `st`: `{}`.
 
     Bad indices: for concrete inputs (eager calls) a float input or an index outside
-    `[0, vocab_size)` raises `ShapeError` naming the vocabulary size. Under `jax.jit` the
-    values are not known while tracing, so an out-of-range index (negative ones included)
-    gives a row of NaN instead; debug mode reports it.
+    `[0, vocab_size)` raises `ShapeError` naming the vocabulary size. Under `jax.jit` (or
+    `vmap` over the indices) the values are not known while tracing, so an out-of-range
+    index (negative ones included) gives a row of NaN instead; debug mode reports it.
 
     Example:
         >>> import jax, jax.numpy as jnp, luxjax as lx
