@@ -96,8 +96,8 @@ def test_cross_attention_with_padding_mask_matches_torch_with_gradients(key):
 
     direction = np.asarray(_x(2, 4, 6, seed=4))
     (out * torch.tensor(direction)).sum().backward()
-    grad_ps, grad_q, grad_k = jax.grad(
-        lambda ps, q, k: jnp.vdot(model((q, k, v, mask), ps, st)[0], direction), argnums=(0, 1, 2)
+    grad_ps, grad_q, grad_k = jax.jit(
+        jax.grad(lambda ps, q, k: jnp.vdot(model((q, k, v, mask), ps, st)[0], direction), argnums=(0, 1, 2))
     )(ps, q, k)
     np.testing.assert_allclose(grad_q, tq.grad.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(grad_k, tk.grad.numpy(), rtol=1e-4, atol=1e-5)

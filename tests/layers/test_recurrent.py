@@ -100,7 +100,7 @@ def test_recurrence_matches_torch_sequence_and_gradients(kind, key):
 
     direction = np.asarray(_x(2, 6, 4, seed=7))
     (out * torch.tensor(direction)).sum().backward()
-    grads = jax.grad(lambda ps: jnp.vdot(model(x, ps, st)[0], direction))(ps)
+    grads = jax.jit(jax.grad(lambda ps: jnp.vdot(model(x, ps, st)[0], direction)))(ps)
     for name, g in grads.items():
         np.testing.assert_allclose(g, getattr(ref, name + "_l0").grad.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
 

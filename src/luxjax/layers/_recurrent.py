@@ -1,6 +1,7 @@
 """Recurrent layers: `LSTMCell`, `GRUCell` and `Recurrence`, which runs a cell over time."""
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -185,6 +186,22 @@ class GRUCell(Layer):
         return f"GRUCell({self.in_dims} => {self.out_dims}{bias})"
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _scan_cell(cell: Layer, init: tuple, ps: dict, xs: jax.Array) -> tuple[tuple, jax.Array]:
+    """Runs `cell` over the leading axis of `xs` from `init = (carry, st)`.
+
+    Jitted with the (hashable) cell static, so eager calls reuse one compiled loop instead of
+    tracing and compiling the scan body again on every call; under an outer `jit` it inlines.
+    """
+
+    def step(loop: tuple, x_t: jax.Array) -> tuple[tuple, jax.Array]:
+        carry, st = loop
+        (y, carry), st = cell((x_t, carry), ps, st)
+        return (carry, st), y
+
+    return jax.lax.scan(step, init, xs)
+
+
 class Recurrence(WrapperLayer):
     """Runs a recurrent cell over the time axis (axis 1) of a `(batch, time, features)` input.
 
@@ -224,13 +241,7 @@ class Recurrence(WrapperLayer):
                     self, f"expected input of shape (batch, time, features) with time >= 1, got shape {jnp.shape(x)}."
                 )
             (y, carry), st = self.cell(x[:, 0], ps, st)
-
-            def step(loop: tuple, x_t: jax.Array) -> tuple[tuple, jax.Array]:
-                carry, st = loop
-                (y, carry), st = self.cell((x_t, carry), ps, st)
-                return (carry, st), y
-
-            (carry, st), ys = jax.lax.scan(step, (carry, st), jnp.moveaxis(x[:, 1:], 1, 0))
+            (carry, st), ys = _scan_cell(self.cell, (carry, st), ps, jnp.moveaxis(x[:, 1:], 1, 0))
             if not self.return_sequence:
                 return (ys[-1] if ys.shape[0] else y), st
             return jnp.concatenate([y[:, None], jnp.moveaxis(ys, 0, 1)], axis=1), st
