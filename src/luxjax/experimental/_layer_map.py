@@ -124,21 +124,37 @@ def _key() -> jax.Array:
     return _DUMMY_KEY[0]
 
 
+def _abstract_init(layer: Layer, what: str) -> Any:
+    init = layer.init_params if what == "parameters" else layer.init_state
+    traced: list[Any] = []
+
+    def run(key: jax.Array) -> Any:
+        traced.append(tree := init(key))
+        return tree
+
+    shapes = jax.eval_shape(run, _key())
+    return _in_order(traced[0], shapes)  # eval_shape sorts dict keys; keep the layer's own order
+
+
+def _in_order(order: Any, tree: Any) -> Any:
+    if isinstance(order, Mapping) and isinstance(tree, Mapping):
+        return {k: _in_order(order[k], tree[k]) for k in order if k in tree}
+    return tree
+
+
 @functools.lru_cache(maxsize=4096)
 def _cached_template(layer: Layer, what: str) -> Any:
-    init = layer.init_params if what == "parameters" else layer.init_state
-    return jax.eval_shape(init, _key())
+    return _abstract_init(layer, what)
 
 
 def _template(layer: Layer, what: str) -> Any:
-    """The shapes of what `layer` initialises (`parameters` or `states`), without arrays."""
+    """The shapes of what `layer` initialises (`parameters` or `states`), in its key order, without arrays."""
     try:
         return _cached_template(layer, what)
     except TypeError as error:  # an unhashable field: no cache
         if "unhashable" not in str(error):
             raise
-        init = layer.init_params if what == "parameters" else layer.init_state
-        return jax.eval_shape(init, _key())
+        return _abstract_init(layer, what)
 
 
 def _shapes(tree: Any) -> dict[str, Any]:
