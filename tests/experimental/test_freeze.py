@@ -5,7 +5,7 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
-from random_models import DIMS, Gated, RunningMean, leaf_paths, models
+from random_models import DIMS, Gated, RunningMean, models
 
 import luxjax as lx
 from luxjax.experimental import FrozenLayer, freeze, layer_map, unfreeze
@@ -202,17 +202,21 @@ def test_optax_step_leaves_frozen_values_bit_identical(key):
     assert not np.array_equal(new_ps["head"]["weight"], ps["head"]["weight"])
 
 
+def all_places(tree, prefix=()):
+    """Every dotted place in a parameter tree: sub-trees (layers, nested dicts) and arrays."""
+    out = []
+    for key, value in tree.items():
+        out.append(".".join((*prefix, key)))
+        if isinstance(value, dict):
+            out += all_places(value, (*prefix, key))
+    return out
+
+
 @hs.composite
 def model_and_names(draw):
     model = draw(models())
     ps, _ = lx.setup(jax.random.key(0), model)
-    names = []
-    for path in leaf_paths(model):
-        leaf_ps = path.get(ps)
-        for name in leaf_ps:
-            names.append(str(path / name))
-        if path and leaf_ps and draw(hs.booleans()):
-            names.append(str(path))
+    names = all_places(ps)
     chosen = draw(hs.lists(hs.sampled_from(names), max_size=4, unique=True)) if names else []
     return model, tuple(chosen)
 

@@ -176,8 +176,18 @@ def test_parameters_that_do_not_fit_the_layer_are_an_error_naming_the_path(key):
         layer_map(forgets_state, model, ps, st)
 
 
+def test_works_under_jit(key):
+    model = lx.Chain(lx.Dense(2, 2), RunningMean(2))
+    ps, st = lx.setup(key, model)
+    zeroed = jax.jit(lambda ps, st: layer_map(zero_dense_params, model, ps, st)[1])(ps, st)
+    assert not np.any(zeroed["layer_1"]["weight"])
+    np.testing.assert_array_equal(zeroed["layer_2"]["shift"], ps["layer_2"]["shift"])
+
+
 def test_missing_child_entries_are_an_error(key):
     model = lx.Chain(a=lx.Chain(b=lx.Dense(2, 2)))
+    with pytest.raises(ValueError, match=r"at a: parameters have no entry 'b' .*; found a list"):
+        layer_map(identity, model, {"a": [1]}, {"a": {"b": {}}})
     with pytest.raises(ValueError, match=r"at a: parameters have no entry 'b' for child Dense\(2 => 2\); found 'c'"):
         layer_map(identity, model, {"a": {"c": {}}}, {"a": {"b": {}}})
 

@@ -78,12 +78,14 @@ def _map(f: LayerFn, layer: Layer, ps: Any, st: Any, path: KeyPath) -> tuple[Lay
         ((name, child),) = children.items()
         new_child, ps, st = _map(f, child, ps, st, path)
         return (layer if new_child is child else layer.replace_children({name: new_child})), ps, st
+    entries = {
+        name: (_entry(layer, ps, name, "parameters", path), _entry(layer, st, name, "states", path))
+        for name in children
+    }
     new_children, new_ps, new_st = {}, dict(ps), dict(st)
     changed = False
     for name, child in children.items():
-        child_ps = _entry(layer, ps, name, "parameters", path)
-        child_st = _entry(layer, st, name, "states", path)
-        new_children[name], new_ps[name], new_st[name] = _map(f, child, child_ps, child_st, path / name)
+        new_children[name], new_ps[name], new_st[name] = _map(f, child, *entries[name], path / name)
         changed = changed or new_children[name] is not child
     return (layer.replace_children(new_children) if changed else layer), new_ps, new_st
 
