@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from random_models import DIMS, Gated, Pair, RunningMean, Scaled, leaf_paths, models
 
 import luxjax as lx
-from luxjax.experimental import layer_at, layer_map
+from luxjax.experimental import FrozenLayer, freeze, layer_at, layer_map
 
 X = jnp.linspace(-1, 1, 4 * DIMS).reshape(4, DIMS)
 
@@ -137,6 +137,30 @@ def test_f_may_change_the_parameter_structure(key):
     h = h + ps["mid"]["shift"].reshape(1, -1)
     expected = h @ (new_ps["dec"]["a"] @ new_ps["dec"]["b"]).T + new_ps["dec"]["bias"].reshape(1, -1)
     np.testing.assert_allclose(y, expected, rtol=1e-6)
+
+
+def test_f_may_freeze_layers_and_frozen_layers_are_leaves(key):
+    model = lx.Chain(enc=lx.Dense(2, 3), mid=RunningMean(3), dec=lx.Dense(3, 2))
+    ps, st = lx.setup(key, model)
+
+    def freeze_weights(layer, ps, st, path):
+        return freeze(layer, ps, st, ("weight",)) if isinstance(layer, lx.Dense) else (layer, ps, st)
+
+    frozen, ps_f, st_f = layer_map(freeze_weights, model, ps, st)
+    assert frozen["enc"] == FrozenLayer(lx.Dense(2, 3), ("weight",))
+    np.testing.assert_array_equal(frozen(X, ps_f, st_f)[0], model(X, ps, st)[0])
+    visits = []
+    layer_map(record(visits), frozen, ps_f, st_f)
+    assert [(p, type(layer)) for p, layer, _, _ in visits] == [
+        (lx.KeyPath("enc"), FrozenLayer),
+        (lx.KeyPath("mid"), RunningMean),
+        (lx.KeyPath("dec"), FrozenLayer),
+    ]
+    # the two-argument freeze gives a layer whose trees were not moved: a clear error
+    with pytest.raises(
+        ValueError, match=r"FrozenLayer\(Dense\(2 => 3\), \('weight',\)\) at enc: .* unexpected 'weight'"
+    ):
+        layer_map(lambda layer, ps, st, path: (freeze(layer, ("weight",)), ps, st), model, ps, st)
 
 
 def test_f_returning_something_else_is_an_error_naming_the_path(key):
