@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ..core import KeyPath, Layer, NotALayerError, StructureError, Training
+from ..core import ContainerLayer, KeyPath, Layer, NotALayerError, StructureError, Training, WrapperLayer
 
 LayerFn = Callable[[Layer, Any, Any, KeyPath], tuple[Layer, Any, Any]]
 
@@ -151,6 +151,13 @@ def _cached_template(layer: Layer, what: str) -> Any:
 
 def _template(layer: Layer, what: str) -> Any:
     """The shapes of what `layer` initialises (`parameters` or `states`), in its key order, without arrays."""
+    # Wrappers and containers that keep the default init are assembled from their children, so
+    # wrapping many distinct layers (debug mode gives each its own location) traces no init.
+    init = "init_params" if what == "parameters" else "init_state"
+    if isinstance(layer, WrapperLayer) and getattr(type(layer), init) is getattr(WrapperLayer, init):
+        return _template(layer.wrapped, what)
+    if isinstance(layer, ContainerLayer) and getattr(type(layer), init) is getattr(ContainerLayer, init):
+        return {name: _template(child, what) for name, child in layer.children().items()}
     try:
         return _cached_template(layer, what)
     except TypeError as error:  # an unhashable field: no cache
