@@ -39,12 +39,12 @@ def mlp(params):
     return model, ps, st
 
 
-def step_runner(model, ps, st, loss, batch, wrap=None):
+def step_runner(model, ps, st, loss, batch, wrap=None, donate=False):
     """The train step a user writes (as in examples/): `jax.value_and_grad` of the model call,
-    optax adam, `jax.jit` over a closure of the model; `wrap` wraps the jitted step."""
+    optax adam, `jax.jit` over a closure of the model; `wrap` wraps the jitted step. With
+    `donate`, the step donates `ps`, `st` and the optimizer state to XLA."""
     tx = optax.adam(LEARNING_RATE)
 
-    @jax.jit
     def train_step(ps, st, opt_state, x, y):
         def loss_fn(ps):
             out, new_st = model(x, ps, st)
@@ -54,6 +54,7 @@ def step_runner(model, ps, st, loss, batch, wrap=None):
         updates, opt_state = tx.update(grads, opt_state, ps)
         return optax.apply_updates(ps, updates), st, opt_state, value
 
+    train_step = jax.jit(train_step, donate_argnums=(0, 1, 2) if donate else ())
     if wrap is not None:
         train_step = wrap(train_step)
     state = [ps, st, tx.init(ps)]

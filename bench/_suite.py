@@ -24,6 +24,7 @@ TITLES = {
 JAX, NNX_JIT, NNX_SM, EQX = "jax (hand-written)", "nnx.jit", "nnx split/merge", "equinox filter_jit"
 NNX_FN = "nnx functional (merge in loss)"
 LUX_STEP, LUX_TS = "luxjax (user jit step)", "luxjax single_train_step"
+LUX_DONATE = "luxjax (user jit step, donating ps/st/opt)"
 
 
 def _device(*arrays):
@@ -87,12 +88,12 @@ def frozen_cells(spec, seed):
         model, loss = _eqx.build("mlp", params)
         return _eqx.partitioned_runner(model, loss, batch, _eqx.head_only(model))
 
-    def lux(runner, frozen):
+    def lux(runner, frozen, **kwargs):
         def make():
             model, ps, st = _lux.mlp(params)
             if frozen:
                 model, ps, st = _lux.freeze_backbone(model, ps, st)
-            return runner(model, ps, st, _hand.cross_entropy, batch)
+            return runner(model, ps, st, _hand.cross_entropy, batch, **kwargs)
 
         return make
 
@@ -106,6 +107,8 @@ def frozen_cells(spec, seed):
         Cell(w, EQX + " frozen (partition)", eqx_frozen, EQX),
         Cell(w, LUX_STEP, lux(_lux.step_runner, False), LUX_STEP, peer=False, repeat=True),
         Cell(w, LUX_STEP + " frozen (freeze)", lux(_lux.step_runner, True), LUX_STEP, peer=False),
+        Cell(w, LUX_DONATE, lux(_lux.step_runner, False, donate=True), LUX_DONATE, peer=False),
+        Cell(w, LUX_DONATE + " frozen (freeze)", lux(_lux.step_runner, True, donate=True), LUX_DONATE, peer=False),
         Cell(w, LUX_TS, lux(_lux.train_state_runner, False), LUX_TS, peer=False, repeat=True),
         Cell(w, LUX_TS + " frozen (freeze)", lux(_lux.train_state_runner, True), LUX_TS, peer=False),
     ]
