@@ -91,8 +91,10 @@ def test_optimizer_state_is_kept_once_per_tie_group(key):
     size = sum(x.size for x in jax.tree.leaves(ts.optimizer_state))
     assert size == sum(x.size for x in jax.tree.leaves(ref_ts.optimizer_state))
     assert size == 1 + 2 * (12 + 4)  # count, and adam's two moments of d1 and out
-    assert ts.ties == ((lx.KeyPath("d1", "weight"), lx.KeyPath("d2", "weight")),
-                       (lx.KeyPath("d1", "bias"), lx.KeyPath("d2", "bias")))  # fmt: skip
+    assert ts.ties == (
+        (lx.KeyPath("d1", "bias"), lx.KeyPath("d2", "bias")),
+        (lx.KeyPath("d1", "weight"), lx.KeyPath("d2", "weight")),
+    )
 
 
 def test_explicit_ties_are_applied_at_construction(key):

@@ -202,9 +202,12 @@ def share_parameters(ps: dict, sharing: Sequence[Sequence[str]], new_parameters:
 
 
 def tied_groups(ps: Any) -> Groups:
-    """The groups of leaf paths in `ps` that hold the same array object (`is`), in tree order.
+    """The groups of leaf paths in `ps` that hold the same array object (`is`), sorted.
 
-    Each group has two or more `KeyPath`s; its first path is the group's representative.
+    Each group has two or more `KeyPath`s, sorted, and the groups are sorted by their first
+    path, the group's representative. The order does not depend on the order of dict keys
+    (which `jax.jit` and `jax.tree.map` change), so the groups, and the optimizer state kept
+    per representative, are the same before and after a step or a checkpoint.
     Python scalars are never ties.
 
     Example:
@@ -218,7 +221,7 @@ def tied_groups(ps: Any) -> Groups:
     for path, leaf in _leaves_with_paths(ps):
         if _is_array(leaf):
             by_id.setdefault(id(leaf), []).append(path)
-    return tuple(tuple(paths) for paths in by_id.values() if len(paths) > 1)
+    return tuple(sorted(tuple(sorted(paths)) for paths in by_id.values() if len(paths) > 1))
 
 
 def tie(ps: dict, groups: Sequence[Sequence[KeyPath | str]]) -> dict:
