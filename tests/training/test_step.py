@@ -199,6 +199,8 @@ def test_train_state_is_immutable_and_checks_its_arguments(key):
         ts.step = 3
     with pytest.raises(ValueError, match=r"TrainState.replace: can change .*, got 'model'"):
         ts.replace(model=lx.Dense(2, 2))
+    with pytest.raises(ValueError, match=r"the new `parameters` tie \[\['bias', 'weight'\]\] but the state ties \[\]"):
+        ts.replace(parameters={"weight": ps["bias"], "bias": ps["bias"]})
     with pytest.raises(TypeError, match=r"`optimizer` must be an optax GradientTransformation"):
         TrainState(model, ps, st, 0.1)
     with pytest.raises(lx.NotALayerError, match=r"TrainState: `model` must be a luxjax Layer"):

@@ -134,6 +134,13 @@ class TrainState:
         fields.update(changes)
         if "parameters" in changes:
             fields["parameters"] = expand_ties(fields["parameters"], self.ties)
+            found = tied_groups(fields["parameters"])
+            if found != self.ties:
+                show = lambda groups: [[str(p) for p in g] for g in groups]  # noqa: E731
+                raise ValueError(
+                    f"TrainState.replace: the new `parameters` tie {show(found)} but the state ties "
+                    f"{show(self.ties)}; build a new TrainState to change ties."
+                )
         return TrainState._new(*(fields[name] for name in self.__slots__))
 
     def __setattr__(self, name: str, value: Any) -> None:
