@@ -131,6 +131,11 @@ def test_structure_mismatch():
         share_parameters(ps, (("a", "b"),))
 
 
+def test_layer_tied_to_an_array_is_a_structure_mismatch(ps):
+    with pytest.raises(ValueError, match=r"'d1.bias' has entries one array but 'd3.l2' has 'weight', 'bias'"):
+        share_parameters(ps, (("d3.l2", "d1.bias"),))
+
+
 def test_dtype_mismatch():
     ps = {"a": jnp.ones(3, jnp.float32), "b": jnp.ones(3, jnp.float16)}
     with pytest.raises(ValueError, match=r"'b' has dtype float16 but 'a' has float32"):

@@ -143,6 +143,14 @@ def test_foreign_files_are_a_clear_error(tmp_path):
     safetensors.numpy.save_file({"w": np.ones(3, np.float32)}, path, metadata={"luxjax.checkpoint": header})
     with pytest.raises(lx.CheckpointError, match=r"version 99; this luxjax reads 'luxjax.checkpoint' version 1"):
         load(path)
+    header = '{"format": "luxjax.checkpoint", "version": 1, "tree": {"ps": {"t": "array", "name": "w"}}}'
+    safetensors.numpy.save_file({"w": np.ones(3, np.float32)}, path, metadata={"luxjax.checkpoint": header})
+    with pytest.raises(lx.CheckpointError, match=r"has a damaged tree description: KeyError\('dtype'\)"):
+        load(path)
+    header = '{"format": "luxjax.checkpoint", "version": 1, "tree": {"ps": {"t": "code", "run": "rm"}}}'
+    safetensors.numpy.save_file({"w": np.ones(3, np.float32)}, path, metadata={"luxjax.checkpoint": header})
+    with pytest.raises(lx.CheckpointError, match=r"has an unknown entry .* in its tree"):
+        load(path)
 
 
 WRITER = textwrap.dedent(

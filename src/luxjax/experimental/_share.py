@@ -41,6 +41,8 @@ def _leaves_with_paths(tree: Any) -> list[tuple[KeyPath, Any]]:
 
 
 def _describe(where: Sequence[str]) -> str:
+    if list(where) == [""]:
+        return "one array"
     return ", ".join(repr(k) for k in where) if where else "no keys"
 
 

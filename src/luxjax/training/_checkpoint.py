@@ -171,7 +171,12 @@ def _load(path: str | os.PathLike) -> dict[str, Any]:
         arrays: dict[Any, Any] = dict(safetensors.numpy.load(data))
     except safetensors.SafetensorError as error:
         raise CheckpointError(f"load: {where} is damaged: {error}") from error
-    header["tree"] = {name: _decode(node, arrays, where) for name, node in header["tree"].items()}
+    try:
+        header["tree"] = {name: _decode(node, arrays, where) for name, node in header["tree"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"load: {where} has a damaged tree description: {error!r}.") from error
     return header
 
 
