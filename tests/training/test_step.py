@@ -218,3 +218,40 @@ def test_helpers_reject_bad_arguments(key, data):
         single_train_step("mse", data, ts)
     with pytest.raises(TypeError, match=r"compute_gradients: `ts` must be a luxjax.training.TrainState, got dict"):
         compute_gradients(mse, data, {"ps": ps})
+
+
+def test_frozen_values_get_no_optimizer_state_and_never_change(key, data):
+    freeze = pytest.importorskip("luxjax.experimental").__dict__.get("freeze")
+    if freeze is None:
+        pytest.skip("luxjax.experimental.freeze is not merged yet")
+    model = tied_model()
+    ps, st = lx.setup(key, model)
+    frozen_weight = jnp.copy(ps["d1"]["weight"])
+    fmodel, fps, fst = freeze(model, copy(ps), st, ("d1.weight",))
+    assert "weight" not in fps["d1"]
+    ts = TrainState(fmodel, fps, fst, optax.adam(0.05))
+    assert sum(x.size for x in jax.tree.leaves(ts.optimizer_state)) == 1 + 2 * (3 + 12 + 4)
+
+    # reference: the same model with d1's weight a constant of the loss
+    def ref_loss(p):
+        full = {**p, "d1": {"weight": frozen_weight, "bias": p["d1"]["bias"]}}
+        return mse(model, full, st, data)[0]
+
+    optimizer = optax.adam(0.05)
+    ref = copy(fps)
+    ref_opt = optimizer.init(ref)
+
+    @jax.jit
+    def ref_step(p, o):
+        with jax.numpy_dtype_promotion("standard"):
+            loss, g = jax.value_and_grad(ref_loss)(p)
+            updates, o = optimizer.update(g, o, p)
+            return optax.apply_updates(p, updates), o, loss
+
+    for _ in range(10):
+        _, loss, _, ts = single_train_step(mse, data, ts)
+        ref, ref_opt, ref_l = ref_step(ref, ref_opt)
+        np.testing.assert_allclose(loss, ref_l, rtol=1e-5)
+    np.testing.assert_array_equal(ts.states["d1"]["frozen_params"]["weight"], frozen_weight)
+    for a, b in zip(jax.tree.leaves(ts.parameters), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
