@@ -109,10 +109,38 @@ def test_explicit_ties_are_applied_at_construction(key):
 
 def test_ties_survive_a_tree_map_of_the_state(key, data):
     model, ps, st, *_ = build_pair(key)
-    ts = jax.tree.map(lambda x: x * 1, TrainState(model, ps, st, optax.adam(0.01)))
-    assert ts.parameters["d1"]["weight"] is not ts.parameters["d2"]["weight"]
-    _, _, _, ts = single_train_step(mse, data, ts)
+    ts = TrainState(model, ps, st, optax.adam(0.01))
+    # identity is put back when the pytree is rebuilt, even from parameters that differ
+    untied = ts.replace(parameters=copy(ps)).parameters
+    flat, treedef = jax.tree.flatten(ts)
+    rebuilt = jax.tree.unflatten(treedef, [x * 1 for x in flat])
+    assert rebuilt.parameters["d1"]["weight"] is rebuilt.parameters["d2"]["weight"]
+    assert untied["d1"]["weight"] is untied["d2"]["weight"]
+    _, _, _, ts = single_train_step(mse, data, jax.tree.map(lambda x: x * 1, ts))
     assert ts.parameters["d1"]["weight"] is ts.parameters["d2"]["weight"]
+
+
+def test_steps_scanned_inside_jit_equal_the_python_loop(key, data):
+    model, ps, st, *_ = build_pair(key)
+    ts_loop = TrainState(model, copy(ps), st, optax.adam(0.05), ties=(("d1", "d2"),))
+    ts_scan = TrainState(model, ps, st, optax.adam(0.05))
+
+    @jax.jit
+    def twenty_steps(ts):
+        def body(ts, _):
+            _, loss, _, ts = single_train_step(mse, data, ts)
+            return ts, loss
+
+        return jax.lax.scan(body, ts, None, length=20)
+
+    ts_scan, losses = twenty_steps(ts_scan)
+    for _ in range(20):
+        _, loss, _, ts_loop = single_train_step(mse, data, ts_loop)
+    np.testing.assert_allclose(losses[-1], loss, rtol=1e-5)
+    assert int(ts_scan.step) == 20
+    assert ts_scan.parameters["d1"]["weight"] is ts_scan.parameters["d2"]["weight"]
+    for a, b in zip(jax.tree.leaves(ts_scan.parameters), jax.tree.leaves(ts_loop.parameters)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_step_compiles_once_and_is_reused(key, data):

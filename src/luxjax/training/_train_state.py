@@ -54,7 +54,9 @@ class TrainState:
     The optimizer state holds one entry per tie group (its first path, the representative),
     so a tied matrix costs one set of adam moments. Every step sums the gradients of all the
     places of a group, applies the update once and writes it to every place: the same as a
-    model that calls one layer twice. `parameters` always holds the ties as identity again.
+    model that calls one layer twice. `parameters` holds the ties as identity again after every
+    step, and also after `jax.jit`, `jax.lax.scan` or `jax.tree.map` over the `TrainState`
+    (its pytree unflattening re-ties them).
 
     The first training step donates the buffers of `parameters` and `optimizer_state` to the
     compiled step: keep a copy (`jax.tree.map(jnp.copy, ps)`) if you need the initial values.
@@ -164,6 +166,13 @@ def _flatten(ts: TrainState):
 def _unflatten(aux, children) -> TrainState:
     model, optimizer, ties = aux
     parameters, states, optimizer_state, step = children
+    if ties:
+        # put the ties back as identity (a jit output or tree.map made copies); JAX may also
+        # unflatten with placeholders that are not dicts, which are kept as they are.
+        try:
+            parameters = tie(parameters, ties)
+        except (KeyError, TypeError, IndexError):
+            pass
     return TrainState._new(model, parameters, states, optimizer, optimizer_state, step, ties, {})
 
 
