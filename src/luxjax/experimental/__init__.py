@@ -1,5 +1,9 @@
 """Model surgery and debugging, after Lux's `Lux.Experimental` (no stability promise yet)."""
 
+from ._freeze import FrozenLayer as FrozenLayer
+from ._freeze import freeze as freeze
+from ._freeze import unfreeze as unfreeze
+from ._layer_map import layer_at as layer_at
 from ._layer_map import layer_map as layer_map
 from ._share import share_parameters as share_parameters
 from ._share import tie as tie
