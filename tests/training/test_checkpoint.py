@@ -13,7 +13,7 @@ import pytest
 import safetensors.numpy
 
 import luxjax as lx
-from luxjax.experimental import share_parameters
+from luxjax.experimental import freeze, share_parameters
 from luxjax.training import TrainState, load, load_train_state, save, save_train_state, single_train_step
 
 SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
@@ -203,3 +203,17 @@ def test_killed_writer_leaves_a_loadable_checkpoint(tmp_path, mode):
         assert any(name.endswith(".tmp") for name in os.listdir(tmp_path))
     else:  # killed at an arbitrary moment: the file is one of the complete versions
         assert values[0] == 1.0 or ps["w"].shape == (2_000_000,)
+
+
+def test_frozen_values_and_ties_round_trip(key, tmp_path):
+    model = seed_model()
+    ps, st = lx.setup(key, model)
+    ps = share_parameters(ps, (("d3.l2", "d1"),))
+    frozen, ps, st = freeze(model, ps, st, ("d2.weight",))
+    save(tmp_path / "frozen.safetensors", ps, st)
+    ps2, st2 = load(tmp_path / "frozen.safetensors")
+    assert_trees_equal(st, st2)
+    assert ps2["d1"]["weight"] is ps2["d3"]["l2"]["weight"]
+    np.testing.assert_array_equal(st2["d2"]["frozen_params"]["weight"], st["d2"]["frozen_params"]["weight"])
+    x = jnp.ones((3, 2))
+    np.testing.assert_array_equal(frozen(x, ps2, st2)[0], frozen(x, ps, st)[0])

@@ -19,27 +19,16 @@ SCRIPT = textwrap.dedent(
     jax.config.update("jax_numpy_rank_promotion", "raise")
     jax.config.update("jax_numpy_dtype_promotion", "strict")
     import luxjax as lx
+    from luxjax.experimental import freeze
     from luxjax.training import TrainState, single_train_step
 
     assert jax.device_count() == 4, jax.devices()
 
 
-    class FrozenScale(lx.Layer):
-        # a layer whose scale is frozen: kept in st["frozen_params"], never trained
-        dims: int
-
-        def init_state(self, key):
-            return {"frozen_params": {"scale": jnp.linspace(0.5, 1.5, self.dims)}}
-
-        def __call__(self, x, ps, st):
-            scale = st["frozen_params"]["scale"]
-            return x * jnp.reshape(scale, (1,) * (x.ndim - 1) + (-1,)), st
-
-
-    model = lx.Chain(
-        d1=lx.Dense(4, 4, jnp.tanh), frozen=FrozenScale(4), d2=lx.Dense(4, 4, jnp.tanh), out=lx.Dense(4, 2)
-    )
+    model = lx.Chain(d1=lx.Dense(4, 4, jnp.tanh), d2=lx.Dense(4, 4, jnp.tanh), out=lx.Dense(4, 2))
     ps, st = lx.setup(jax.random.key(0), model)
+    frozen_weight = jnp.copy(ps["out"]["weight"])
+    model, ps, st = freeze(model, ps, st, ("out.weight",))  # frozen: in st, never trained
     x = jax.random.normal(jax.random.key(1), (32, 4))
     data = (x, jnp.stack([jnp.sin(x[:, 0]), x[:, 1] * x[:, 2]], axis=1))
 
@@ -68,7 +57,8 @@ SCRIPT = textwrap.dedent(
         np.testing.assert_allclose(np.array(losses), np.array(ref_losses), rtol=1e-5, err_msg=name)
         for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(reference.parameters)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
-        np.testing.assert_array_equal(ts.states["frozen"]["frozen_params"]["scale"], jnp.linspace(0.5, 1.5, 4))
+        np.testing.assert_array_equal(ts.states["out"]["frozen_params"]["weight"], frozen_weight)
+        assert "weight" not in p["out"]
         assert ts.step == 6
 
 

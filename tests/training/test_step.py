@@ -5,7 +5,7 @@ import optax
 import pytest
 
 import luxjax as lx
-from luxjax.experimental import share_parameters
+from luxjax.experimental import freeze, share_parameters
 from luxjax.training import TrainState, apply_gradients, compute_gradients, single_train_step
 
 
@@ -249,9 +249,6 @@ def test_helpers_reject_bad_arguments(key, data):
 
 
 def test_frozen_values_get_no_optimizer_state_and_never_change(key, data):
-    freeze = pytest.importorskip("luxjax.experimental").__dict__.get("freeze")
-    if freeze is None:
-        pytest.skip("luxjax.experimental.freeze is not merged yet")
     model = tied_model()
     ps, st = lx.setup(key, model)
     frozen_weight = jnp.copy(ps["d1"]["weight"])

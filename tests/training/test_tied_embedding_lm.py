@@ -12,22 +12,11 @@ from luxjax.training import TrainState, single_train_step
 VOCAB, DIMS = 8, 6
 
 
-class TinyEmbedding(lx.Layer):
-    """Token ids to vectors; `weight` is `(vocab, dims)`, the shape of `Dense(dims, vocab)`'s weight."""
-
-    vocab: int
-    dims: int
-
-    def init_params(self, key):
-        return {"weight": jax.random.normal(key, (self.vocab, self.dims)) * 0.5}
-
-    def __call__(self, x, ps, st):
-        return jnp.take(ps["weight"], x, axis=0), st
-
-
 def lm():
     return lx.Chain(
-        embed=TinyEmbedding(VOCAB, DIMS), mix=lx.Dense(DIMS, DIMS, jnp.tanh), head=lx.Dense(DIMS, VOCAB, use_bias=False)
+        embed=lx.Embedding(VOCAB, DIMS, init_weight=lambda key, shape, dtype: jax.random.normal(key, shape, dtype) / 2),
+        mix=lx.Dense(DIMS, DIMS, jnp.tanh),
+        head=lx.Dense(DIMS, VOCAB, use_bias=False),
     )
 
 
