@@ -162,6 +162,25 @@ def test_step_compiles_once_and_is_reused(key, data):
     assert set(stats) == {"mean"}
 
 
+def test_objective_may_be_an_unhashable_callable(key, data):
+    class Objective:
+        __hash__ = None
+
+        def __init__(self):
+            self.traces = 0
+
+        def __call__(self, model, ps, st, data):
+            self.traces += 1
+            return mse(model, ps, st, data)
+
+    model, ps, st, *_ = build_pair(key)
+    objective = Objective()
+    ts = TrainState(model, ps, st, optax.sgd(0.1))
+    for _ in range(3):
+        _, _, _, ts = single_train_step(objective, data, ts)
+    assert objective.traces == 1 and ts.step == 3
+
+
 def test_step_donates_parameters_and_optimizer_state(key, data):
     model = lx.Dense(3, 1)
     ps, st = lx.setup(key, model)

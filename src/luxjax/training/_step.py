@@ -20,7 +20,7 @@ Objective = Callable[[Any, Any, Any, Any], tuple[Any, Any, Any]]
 
 # Second-level cache, for TrainStates rebuilt from their pytree (which start with an empty
 # per-state cache). Keyed by everything the compiled function closes over.
-_COMPILED: dict[tuple, Callable] = {}
+_COMPILED: dict[tuple, tuple[Any, Callable]] = {}
 
 
 def sum_ties(grads: Any, ties: Groups) -> Any:
@@ -69,14 +69,16 @@ def _build(kind: str, objective: Objective | None, model: Any, optimizer: Any, t
 
 
 def _compiled(ts: TrainState, kind: str, objective: Objective | None) -> Callable:
-    fn = ts._cache.get((kind, objective))
-    if fn is None:
-        key = (kind, objective, ts.model, ts.optimizer, ts.ties)
-        fn = _COMPILED.get(key)
-        if fn is None:
-            fn = _COMPILED[key] = _build(kind, objective, ts.model, ts.optimizer, ts.ties)
-        ts._cache[kind, objective] = fn
-    return fn
+    # Keyed by the objective's id (objectives need not be hashable); the entry keeps the
+    # objective alive and is checked with `is`, so an id is never confused with a reused one.
+    entry = ts._cache.get((kind, id(objective)))
+    if entry is None or entry[0] is not objective:
+        key = (kind, id(objective), ts.model, ts.optimizer, ts.ties)
+        entry = _COMPILED.get(key)
+        if entry is None or entry[0] is not objective:
+            entry = _COMPILED[key] = (objective, _build(kind, objective, ts.model, ts.optimizer, ts.ties))
+        ts._cache[kind, id(objective)] = entry
+    return entry[1]
 
 
 def _check(fn: str, ts: Any, objective: Any = None) -> None:
