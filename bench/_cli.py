@@ -209,6 +209,9 @@ def main(argv: list[str]) -> int:
     print(text)
     print()
     for t in met:
+        if t["value"] is None:  # its reference was not measured in this run (e.g. --smoke)
+            print(f"target not checked: {t['workload']} / {t['impl']}: no reference in this run")
+            continue
         mark = "met" if t["met"] else "MISSED"
         print(f"target {mark}: {t['workload']} / {t['impl']}: {t['value']:.3g} {t['unit']} (limit {t['limit']})")
     for problem in problems:
