@@ -37,7 +37,7 @@ class Settings:
     skip_slow: bool = False  # skip cells marked `slow` (the peers' variants on workloads 5-6)
 
 
-DEFAULT = Settings(rounds=25, target_s=0.12, warmup_s=0.4, min_steps=1, repeats=5)
+DEFAULT = Settings(rounds=60, target_s=0.04, warmup_s=0.3, min_steps=1, repeats=5)
 QUICK = Settings(rounds=3, target_s=0.03, warmup_s=0.03, min_steps=1, repeats=2, skip_slow=True)
 SMOKE = Settings(rounds=2, target_s=0.0, warmup_s=0.0, min_steps=2, repeats=1, skip_repeats=True)
 
