@@ -137,22 +137,36 @@ class DebugLayer(WrapperLayer):
             f"{kind} detected in {held} of layer {self.layer!r} at location {_location(self.location)} ({pass_} pass)"
         )
 
-    def _emit(self, checks: list[Check], flags: list[Any], pass_: str) -> None:
-        """One run-time check per layer and pass: a callback, only when some flag is set."""
+    def _emit(self, checks: list[Check], flags: list[Any], pass_: str, results: Any) -> Any:
+        """One run-time check per layer and pass; returns `results` made to wait for it.
+
+        The callback runs only when a flag is set (inside `lax.cond`). Every floating leaf
+        of `results` is made to depend on its answer (`where(answer, nan, leaf)`, and the
+        answer is always false), so every later check, which reads these results, runs after
+        this one: the first NaN in program order is the one reported, without the cost of
+        JAX's ordered effects.
+        """
         if not checks:
-            return
+            return results
         flags_array = jnp.stack(flags)
 
-        def report(values: np.ndarray) -> None:
-            first = int(np.argmax(np.asarray(values)))
-            raise _remember(self._error(checks[first], pass_))
+        def report(values: np.ndarray) -> np.ndarray:
+            values = np.asarray(values)
+            if values.any():
+                raise _remember(self._error(checks[int(np.argmax(values))], pass_))
+            return np.zeros((), np.bool_)
 
-        jax.lax.cond(
-            flags_array.any(),
-            lambda f: jax.debug.callback(report, f, ordered=True),
-            lambda f: None,
-            flags_array,
-        )
+        def fail(f: jax.Array) -> jax.Array:
+            return jax.pure_callback(report, jax.ShapeDtypeStruct((), jnp.bool_), f, vmap_method="sequential")
+
+        failed = jax.lax.cond(flags_array.any(), fail, lambda f: jnp.zeros((), jnp.bool_), flags_array)
+
+        def tie(leaf: Any) -> Any:
+            if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact):
+                return jnp.where(failed, jnp.array(jnp.nan, leaf.dtype), leaf)
+            return leaf
+
+        return jax.tree.map(tie, results)
 
     def _forward(self, x: Any, ps: Any, st: Any) -> tuple[tuple[Any, Any], Any]:
         """Runs the layer with the forward checks; returns `((y, st), vjp)` when asked."""
@@ -161,7 +175,7 @@ class DebugLayer(WrapperLayer):
         y, new_st = self._run(x, ps, st)
         if check:
             more_checks, more_flags = self._scan([("output", y), ("new state", new_st)], "forward")
-            self._emit(checks + more_checks, flags + more_flags, "forward")
+            y, new_st = self._emit(checks + more_checks, flags + more_flags, "forward", (y, new_st))
         return y, new_st
 
     def __call__(self, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
@@ -185,7 +199,7 @@ class DebugLayer(WrapperLayer):
             (y, new_st), vjp = jax.vjp(self._run, x, ps, st)
             if check:
                 more_checks, more_flags = self._scan([("output", y), ("new state", new_st)], "forward")
-                self._emit(checks + more_checks, flags + more_flags, "forward")
+                y, new_st = self._emit(checks + more_checks, flags + more_flags, "forward", (y, new_st))
             return (y, new_st), vjp
 
         def run_bwd(vjp: Any, cotangent: tuple[Any, Any]) -> tuple[Any, Any, Any]:
@@ -207,8 +221,7 @@ class DebugLayer(WrapperLayer):
                 ],
                 "backward",
             )
-            self._emit(checks + more_checks, flags + more_flags, "backward")
-            return grads
+            return self._emit(checks + more_checks, flags + more_flags, "backward", grads)
 
         run.defvjp(run_fwd, run_bwd)
         return run
