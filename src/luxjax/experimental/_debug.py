@@ -199,7 +199,9 @@ class DebugLayer(WrapperLayer):
             (y, new_st), vjp = jax.vjp(self._run, x, ps, st)
             if check:
                 more_checks, more_flags = self._scan([("output", y), ("new state", new_st)], "forward")
-                y, new_st = self._emit(checks + more_checks, flags + more_flags, "forward", (y, new_st))
+                # The backward pass reads the residuals, so tying them too makes every backward
+                # check wait for this forward check, even where the output itself is unused.
+                (y, new_st), vjp = self._emit(checks + more_checks, flags + more_flags, "forward", ((y, new_st), vjp))
             return (y, new_st), vjp
 
         def run_bwd(vjp: Any, cotangent: tuple[Any, Any]) -> tuple[Any, Any, Any]:
