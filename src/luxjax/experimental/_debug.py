@@ -137,18 +137,23 @@ class DebugLayer(WrapperLayer):
             f"{kind} detected in {held} of layer {self.layer!r} at location {_location(self.location)} ({pass_} pass)"
         )
 
-    def _emit(self, checks: list[Check], flags: list[Any], pass_: str, results: Any) -> Any:
+    def _emit(
+        self, checks: list[Check], flags: list[Any], pass_: str, results: Any, after: Any = None
+    ) -> tuple[Any, Any]:
         """One run-time check per layer and pass; returns `results` made to wait for it.
 
         The callback runs only when a flag is set (inside `lax.cond`). Every floating leaf
-        of `results` is made to depend on its answer (`where(answer, nan, leaf)`, and the
-        answer is always false), so every later check, which reads these results, runs after
-        this one: the first NaN in program order is the one reported, without the cost of
-        JAX's ordered effects.
+        of `results` (the output going forward, the gradients going backward) is made to
+        depend on its answer (`where(answer, nan, leaf)`, and the answer is always false), so
+        every later check, which reads these results, runs after this one: the first NaN in
+        program order is the one reported, without the cost of JAX's ordered effects.
+        `after` (an earlier check's answer) makes this check wait for that one too. Returns
+        the tied results and this check's answer.
         """
         if not checks:
-            return results
+            return results, after
         flags_array = jnp.stack(flags)
+        pred = flags_array.any() if after is None else jnp.logical_or(flags_array.any(), after)
 
         def report(values: np.ndarray) -> np.ndarray:
             values = np.asarray(values)
@@ -159,14 +164,14 @@ class DebugLayer(WrapperLayer):
         def fail(f: jax.Array) -> jax.Array:
             return jax.pure_callback(report, jax.ShapeDtypeStruct((), jnp.bool_), f, vmap_method="sequential")
 
-        failed = jax.lax.cond(flags_array.any(), fail, lambda f: jnp.zeros((), jnp.bool_), flags_array)
+        failed = jax.lax.cond(pred, fail, lambda f: jnp.zeros((), jnp.bool_), flags_array)
 
         def tie(leaf: Any) -> Any:
             if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact):
                 return jnp.where(failed, jnp.array(jnp.nan, leaf.dtype), leaf)
             return leaf
 
-        return jax.tree.map(tie, results)
+        return jax.tree.map(tie, results), failed
 
     def _forward(self, x: Any, ps: Any, st: Any) -> tuple[tuple[Any, Any], Any]:
         """Runs the layer with the forward checks; returns `((y, st), vjp)` when asked."""
@@ -175,7 +180,7 @@ class DebugLayer(WrapperLayer):
         y, new_st = self._run(x, ps, st)
         if check:
             more_checks, more_flags = self._scan([("output", y), ("new state", new_st)], "forward")
-            y, new_st = self._emit(checks + more_checks, flags + more_flags, "forward", (y, new_st))
+            y, _ = self._emit(checks + more_checks, flags + more_flags, "forward", y)
         return y, new_st
 
     def __call__(self, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
@@ -197,14 +202,16 @@ class DebugLayer(WrapperLayer):
                 self._scan([("input", x), ("parameters", ps), ("states", st)], "forward") if check else ([], [])
             )
             (y, new_st), vjp = jax.vjp(self._run, x, ps, st)
+            failed = None
             if check:
                 more_checks, more_flags = self._scan([("output", y), ("new state", new_st)], "forward")
-                # The backward pass reads the residuals, so tying them too makes every backward
-                # check wait for this forward check, even where the output itself is unused.
-                (y, new_st), vjp = self._emit(checks + more_checks, flags + more_flags, "forward", ((y, new_st), vjp))
-            return (y, new_st), vjp
+                y, failed = self._emit(checks + more_checks, flags + more_flags, "forward", y)
+            # The forward check's answer is a residual that the backward check waits for, so
+            # every backward check runs after it, even where the output itself is unused.
+            return (y, new_st), (vjp, jnp.zeros((), jnp.bool_) if failed is None else failed)
 
-        def run_bwd(vjp: Any, cotangent: tuple[Any, Any]) -> tuple[Any, Any, Any]:
+        def run_bwd(residuals: Any, cotangent: tuple[Any, Any]) -> tuple[Any, Any, Any]:
+            vjp, forward_failed = residuals
             ct_y, ct_st = cotangent
             checks, flags = self._scan(
                 [("incoming gradient of output", ct_y), ("incoming gradient of new state", ct_st)], "backward"
@@ -223,7 +230,8 @@ class DebugLayer(WrapperLayer):
                 ],
                 "backward",
             )
-            return self._emit(checks + more_checks, flags + more_flags, "backward", grads)
+            # All gradients are tied: the input gradient may be dropped (not differentiated).
+            return self._emit(checks + more_checks, flags + more_flags, "backward", grads, forward_failed)[0]
 
         run.defvjp(run_fwd, run_bwd)
         return run
