@@ -36,6 +36,15 @@ def _key_name(key: Any) -> str:
     return str(key)
 
 
+def _has_nan(leaf: jax.Array) -> jax.Array:
+    """Whether `leaf` holds a NaN: `max` propagates NaN and is a cheaper reduction than `any`."""
+    if jnp.size(leaf) == 0:
+        return jnp.zeros((), jnp.bool_)
+    if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
+        return jnp.isnan(leaf).any()
+    return jnp.isnan(jnp.max(leaf))
+
+
 def _location(location: KeyPath) -> str:
     return str(location) or "(root)"
 
@@ -119,7 +128,7 @@ class DebugLayer(WrapperLayer):
                     continue
                 inside = ".".join(_key_name(k) for k in path)
                 checks.append(("NaN", what, inside))
-                flags.append(jnp.isnan(leaf).any())
+                flags.append(_has_nan(leaf))
                 if self.check_inf:
                     checks.append(("Inf", what, inside))
                     flags.append(jnp.isinf(leaf).any())
@@ -167,9 +176,10 @@ class DebugLayer(WrapperLayer):
         failed = jax.lax.cond(pred, fail, lambda f: jnp.zeros((), jnp.bool_), flags_array)
 
         def tie(leaf: Any) -> Any:
-            if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact):
-                return jnp.where(failed, jnp.array(jnp.nan, leaf.dtype), leaf)
-            return leaf
+            if not (hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact) and jnp.size(leaf)):
+                return leaf
+            first = (0,) * jnp.ndim(leaf)  # one element carries the dependency: no pass over the array
+            return leaf.at[first].set(jnp.where(failed, jnp.array(jnp.nan, leaf.dtype), leaf[first]))
 
         return jax.tree.map(tie, results), failed
 
