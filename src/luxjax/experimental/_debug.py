@@ -183,8 +183,8 @@ class DebugLayer(WrapperLayer):
 
         return jax.tree.map(tie, results), failed
 
-    def _forward(self, x: Any, ps: Any, st: Any) -> tuple[tuple[Any, Any], Any]:
-        """Runs the layer with the forward checks; returns `((y, st), vjp)` when asked."""
+    def _forward(self, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
+        """Runs the layer with the forward checks (no custom backward pass)."""
         check = self.nan_check in ("both", "forward")
         checks, flags = self._scan([("input", x), ("parameters", ps), ("states", st)], "forward") if check else ([], [])
         y, new_st = self._run(x, ps, st)
