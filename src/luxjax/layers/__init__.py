@@ -1,5 +1,6 @@
 """The built-in layers."""
 
+from ._attention import MultiHeadAttention as MultiHeadAttention
 from ._basic import FlattenLayer as FlattenLayer
 from ._basic import NoOpLayer as NoOpLayer
 from ._basic import ReshapeLayer as ReshapeLayer
@@ -13,6 +14,7 @@ from ._conv import Conv as Conv
 from ._conv import ConvTranspose as ConvTranspose
 from ._dense import Dense as Dense
 from ._dropout import Dropout as Dropout
+from ._embedding import Embedding as Embedding
 from ._norm import BatchNorm as BatchNorm
 from ._norm import GroupNorm as GroupNorm
 from ._norm import LayerNorm as LayerNorm
@@ -22,3 +24,6 @@ from ._pool import GlobalMaxPool as GlobalMaxPool
 from ._pool import GlobalMeanPool as GlobalMeanPool
 from ._pool import MaxPool as MaxPool
 from ._pool import MeanPool as MeanPool
+from ._recurrent import GRUCell as GRUCell
+from ._recurrent import LSTMCell as LSTMCell
+from ._recurrent import Recurrence as Recurrence
