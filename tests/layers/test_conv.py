@@ -201,7 +201,7 @@ def test_conv_matches_torch(key, kwargs, kernel, in_ch, out_ch, spatial, grads):
     # Gradients of a weighted sum of the output, for the input and both parameters.
     direction = _normal(y.shape, seed=2)
     (yt * _channels_first(direction)).sum().backward()
-    grads = jax.grad(lambda ps, x: jnp.vdot(model(x, ps, st)[0], direction), argnums=(0, 1))(ps, x)
+    grads = jax.jit(jax.grad(lambda ps, x: jnp.vdot(model(x, ps, st)[0], direction), argnums=(0, 1)))(ps, x)
     np.testing.assert_allclose(grads[1], _channels_last(xt.grad), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(grads[0]["bias"], b.grad.numpy(), rtol=1e-4, atol=1e-4)
     w_grad = np.moveaxis(w.grad.numpy(), (0, 1), (n + 1, n))
