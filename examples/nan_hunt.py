@@ -187,6 +187,30 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+# Tiny settings for the smoke test (`tests/test_examples.py`) and `demo.py --quick`.
+QUICK = ["--learning-rate", "0.05", "--steps", "1500", "--fix-steps", "20"]
+
+
+def failures(result: dict) -> list[str]:
+    """What went wrong, if anything: the checks `make demo` holds this example to."""
+    if result["failed_at"] is None:
+        return ["training never went NaN, so there was nothing to hunt"]
+    problems = []
+    if not result["located"]:
+        problems.append(f"debug_mode did not name the planted layer: {result['message']}")
+    if result.get("nan_after_fix", True):
+        problems.append("training still went NaN after the fix")
+    return problems
+
+
+def summary(result: dict) -> str:
+    if result["failed_at"] is None:
+        return "NaN hunt: no NaN appeared"
+    where = result["message"] or "not located"
+    return f"NaN hunt: gradients went NaN at step {result['failed_at']}; debug_mode: {where}"
+
+
 if __name__ == "__main__":
-    result = main()
-    sys.exit(0 if result["located"] and not result.get("nan_after_fix", True) else 1)
+    problems = failures(main())
+    print("\n".join(f"FAILED: {problem}" for problem in problems) or "NaN hunt: all checks passed")
+    sys.exit(1 if problems else 0)
