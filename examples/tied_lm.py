@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"tied {TIE[0]} {tuple(get(ps, TIE[0]).shape)} with {TIE[1]} {tuple(get(ps, TIE[1]).shape)}:")
     print(f"{untied:_} parameters untied, {tied:_} distinct with the tie: {untied - tied:_} saved")
 
+    initial = np.array(get(ps, TIE[0]))  # a copy: the training step donates (reuses) ps's buffers
     ts = TrainState(model, ps, st, optax.adam(2e-3))
     print(f"optimizer state: {tree_size(ts.optimizer_state):_} numbers")
     rng = np.random.default_rng(args.seed)
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     a, b = get(ts.parameters, TIE[0]), get(ts.parameters, TIE[1])
     same_object = a is b
     same_values = bool(np.array_equal(np.asarray(a), np.asarray(b)))
-    moved = not np.array_equal(np.asarray(a), np.asarray(get(ps, TIE[0])))
+    moved = not np.array_equal(np.asarray(a), initial)
     print(f"after {args.steps} steps: {TIE[0]} is {TIE[1]}: {same_object}; equal values: {same_values}")
     print(f"(and training changed the shared matrix: {moved})")
 
