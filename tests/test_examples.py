@@ -7,6 +7,7 @@ what `make demo` checks; here every script runs for a few seconds only.
 import importlib
 import pathlib
 
+import jax
 import pytest
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
@@ -20,7 +21,11 @@ def examples_importable(monkeypatch):
 
 def run(name, out, extra=()):
     module = importlib.import_module(name)
-    return module, module.main([*module.QUICK, "--out", str(out), "--no-progress", *extra])
+    # The examples are user code calling optax directly, and optax mixes Python floats with
+    # int32 step counts, which strict dtype promotion (conftest.py) rejects. Rank promotion
+    # stays "raise".
+    with jax.numpy_dtype_promotion("standard"):
+        return module, module.main([*module.QUICK, "--out", str(out), "--no-progress", *extra])
 
 
 def is_png(path):
@@ -76,7 +81,8 @@ def test_tied_lm_keeps_its_tie_through_training(tmp_path):
 
 def test_demo_driver_runs_a_part_and_ends_with_the_summary(tmp_path, capsys):
     demo = importlib.import_module("demo")
-    code = demo.main(["--quick", "--parts", "tied_lm", "--out", str(tmp_path), "--no-progress"])
+    with jax.numpy_dtype_promotion("standard"):
+        code = demo.main(["--quick", "--parts", "tied_lm", "--out", str(tmp_path), "--no-progress"])
     last_lines = capsys.readouterr().out.strip().splitlines()[-3:]
     assert code == 0
     assert last_lines[0].startswith("tied LM: validation loss")
