@@ -149,7 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(rule("Replaying the failing step under debug_mode"))
     debug_model = debug_mode(model)  # takes the same ps and st
-    print(debug_model)
+    print(f"debug_mode wraps every leaf layer, e.g. {debug_model['classifier']['log_probs']!r}")
+    # Replayed eagerly, the check raises `NaNError` directly. Under `jax.jit` it works too:
+    # wrap the jitted function in `luxjax.experimental.raise_nan_errors` to get the same error.
     try:
         jax.grad(lambda ps: nll(debug_model, ps, st, x, y)[0])(ps)
     except FloatingPointError as error:  # luxjax's NaNError is a FloatingPointError

@@ -121,7 +121,7 @@ def generate(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = parser(__doc__, steps=1500)
+    p = parser(__doc__, steps=3000)
     p.add_argument("--context", type=int, default=24, help="characters the model reads")
     p.add_argument("--dims", type=int, default=64, help="embedding size")
     p.add_argument("--hidden", type=int, default=512, help="hidden layer size")
@@ -149,8 +149,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{untied:_} parameters untied, {tied:_} distinct with the tie: {untied - tied:_} saved")
 
     initial = np.array(get(ps, TIE[0]))  # a copy: the training step donates (reuses) ps's buffers
-    ts = TrainState(model, ps, st, optax.adam(2e-3))
-    print(f"optimizer state: {tree_size(ts.optimizer_state):_} numbers")
+    untied_adam = tree_size(optax.adam(2e-3).init(ps))  # plain optax sees two matrices
+    ts = TrainState(model, ps, st, optax.adam(2e-3))  # finds the tie (`is`) in ps
+    print(f"adam state: {tree_size(ts.optimizer_state):_} numbers, one set of moments for the tied pair")
+    print(f"(without the tie: {untied_adam:_})")
     rng = np.random.default_rng(args.seed)
     val_starts = np.random.default_rng(args.seed + 1).integers(0, len(val_ids) - args.context, size=2048)
     x_val, y_val = windows(val_ids, val_starts, args.context)
@@ -171,7 +173,9 @@ def main(argv: list[str] | None = None) -> dict:
             curve["val_loss"].append(float(val_loss(ts.parameters, ts.states)))
             bar.set_postfix(loss=f"{np.mean(curve['loss'][-eval_every:]):.3f}", val=f"{curve['val_loss'][-1]:.3f}")
 
-    for step, loss in zip(curve["eval_step"], curve["val_loss"]):
+    shown = sorted({0, len(curve["eval_step"]) - 1} | set(range(0, len(curve["eval_step"]), 4)))
+    for i in shown:
+        step, loss = curve["eval_step"][i], curve["val_loss"][i]
         print(f"step {step:5d}  validation loss {loss:.3f} nats/char ({loss / np.log(2):.2f} bits)")
 
     a, b = get(ts.parameters, TIE[0]), get(ts.parameters, TIE[1])
