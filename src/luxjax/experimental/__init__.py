@@ -1,3 +1,7 @@
 """Model surgery and debugging, after Lux's `Lux.Experimental` (no stability promise yet)."""
 
+from ._freeze import FrozenLayer as FrozenLayer
+from ._freeze import freeze as freeze
+from ._freeze import unfreeze as unfreeze
+from ._layer_map import layer_at as layer_at
 from ._layer_map import layer_map as layer_map

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.test_util import check_grads
 
-from ..core import Layer, display, parameter_count, setup, state_count
+from ..core import KeyPath, Layer, display, parameter_count, setup, state_count
 
 
 def _fail(model: Layer, what: str) -> AssertionError:
@@ -60,7 +60,9 @@ def check_layer(
        goes through `jax.lax.cond` (so it can be carried through loops and conditionals);
     5. gradients with respect to the floating-point parameters and input match finite
        differences (`jax.test_util.check_grads`, reverse mode);
-    6. `jax.vmap` over an extra leading axis gives each sample's eager result.
+    6. `jax.vmap` over an extra leading axis gives each sample's eager result;
+    7. `luxjax.experimental.layer_map` visits only paths that exist in `ps` and `st`, hands
+       `f` exactly the entries at those paths, and the identity map changes nothing.
 
     Example:
         >>> import jax.numpy as jnp, luxjax as lx
@@ -108,3 +110,28 @@ def check_layer(
         y_vmap = jax.vmap(lambda xb: model(xb, ps, st)[0])(batched)
         expected = jax.tree.map(lambda a, b: jnp.stack([a, b]), y, model(x2, ps, st)[0])
         _assert_close(model, "vmap output", y_vmap, expected, 1e-4, 1e-4)
+
+    _check_layer_map(model, ps, st)
+
+
+def _check_layer_map(model: Layer, ps: Any, st: Any) -> None:
+    from ..experimental import layer_map
+
+    def visit(layer: Layer, leaf_ps: Any, leaf_st: Any, path: KeyPath) -> tuple[Layer, Any, Any]:
+        for tree, leaf_tree, what in ((ps, leaf_ps, "ps"), (st, leaf_st, "st")):
+            try:
+                found = path.get(tree)
+            except KeyError as error:
+                raise _fail(model, f"layer_map visited {path!r}, which is not a place in {what}: {error}") from None
+            if found is not leaf_tree:
+                raise _fail(model, f"layer_map gave {layer!r} at {path!r} a different {what} than the one there")
+        return layer, leaf_ps, leaf_st
+
+    new_model, new_ps, new_st = layer_map(visit, model, ps, st)
+    if new_model != model:
+        raise _fail(model, f"layer_map with the identity function changed the model into {new_model!r}")
+    for new, old, what in ((new_ps, ps, "ps"), (new_st, st, "st")):
+        if jax.tree.structure(new) != jax.tree.structure(old) or any(
+            a is not b for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old))
+        ):
+            raise _fail(model, f"layer_map with the identity function changed {what}")

@@ -1,0 +1,353 @@
+"""`Conv` and `ConvTranspose`: channels-last convolutions over any number of spatial axes."""
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ..core import ConfigError, Layer, ShapeError, function_name
+from ._dense import Initializer, fan_in_uniform
+
+_PAD_MODES = ("SAME", "VALID")
+
+
+def as_tuple(owner: str, name: str, value: Any, n: int, *, minimum: int = 1) -> tuple[int, ...]:
+    """`value` (an int or a tuple of `n` ints, each at least `minimum`) as a tuple of `n` ints."""
+    values = (value,) * n if isinstance(value, int) and not isinstance(value, bool) else value
+    if (
+        not isinstance(values, (tuple, list))
+        or len(values) != n
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values)
+    ):
+        raise ConfigError(f"{owner}: `{name}` must be an int >= {minimum} or a tuple of {n} such ints, got {value!r}.")
+    return tuple(values)
+
+
+def as_padding(owner: str, padding: Any, n: int) -> str | tuple[tuple[int, int], ...]:
+    """Normalises a padding argument to "SAME", "VALID" or `n` `(lo, hi)` pairs."""
+    if isinstance(padding, str):
+        if padding.upper() not in _PAD_MODES:
+            raise ConfigError(
+                f"{owner}: unknown `padding` mode {padding!r}; use 'SAME', 'VALID' (any case), an int, "
+                f"a tuple of {n} ints or a tuple of {n} (lo, hi) pairs."
+            )
+        return padding.upper()
+    if isinstance(padding, (tuple, list)) and all(isinstance(p, (tuple, list)) for p in padding):
+        pairs = tuple(tuple(p) for p in padding)
+        if len(pairs) == n and all(len(p) == 2 for p in pairs):
+            flat = as_tuple(owner, "padding", tuple(v for p in pairs for v in p), 2 * n, minimum=0)
+            return tuple(zip(flat[::2], flat[1::2]))
+        raise ConfigError(f"{owner}: `padding` must have one (lo, hi) pair per spatial axis ({n}), got {padding!r}.")
+    return tuple((p, p) for p in as_tuple(owner, "padding", padding, n, minimum=0))
+
+
+def padding_repr(padding: str | tuple[tuple[int, int], ...]) -> str:
+    """How padding shows in a repr: `1`, `(1, 2)`, `((0, 1), (1, 1))` or `"SAME"`."""
+    if isinstance(padding, str):
+        return f'"{padding}"'
+    if all(lo == hi for lo, hi in padding):
+        sides = tuple(lo for lo, _ in padding)
+        return str(sides[0]) if len(set(sides)) == 1 else str(sides)
+    return str(padding)
+
+
+def tuple_repr(values: tuple[int, ...]) -> str:
+    """`2` when every entry is 2, else the tuple."""
+    return str(values[0]) if len(set(values)) == 1 else str(values)
+
+
+def check_spatial_input(layer: Layer, x: jax.Array, n: int, channels: int | None) -> None:
+    """Raises a `ShapeError` unless `x` is `(batch, *n spatial axes, channels)`."""
+    shape = jnp.shape(x)
+    if len(shape) != n + 2:
+        raise ShapeError(
+            layer, f"expected input of rank {n + 2} (batch, {n} spatial axes, channels), got shape {shape}."
+        )
+    if channels is not None and shape[-1] != channels:
+        raise ShapeError(layer, f"expected input with {channels} channels in the last axis, got shape {shape}.")
+
+
+def explicit_padding(
+    padding: str | tuple[tuple[int, int], ...],
+    spatial: tuple[int, ...],
+    window: tuple[int, ...],
+    stride: tuple[int, ...],
+) -> tuple[tuple[int, int], ...]:
+    """The `(lo, hi)` pairs a padding mode means for `spatial` input sizes and (dilated) `window`."""
+    if padding == "VALID":
+        return ((0, 0),) * len(spatial)
+    if padding == "SAME":
+        return tuple(jax.lax.padtype_to_pads(spatial, window, stride, "SAME"))
+    return padding
+
+
+def check_window_fits(
+    layer: Layer, shape: tuple[int, ...], pads: tuple[tuple[int, int], ...], window: tuple[int, ...], what: str
+) -> None:
+    """Raises a `ShapeError` if the (dilated) window is larger than the padded input anywhere."""
+    spatial = shape[1:-1]
+    padded = tuple(size + lo + hi for size, (lo, hi) in zip(spatial, pads))
+    if any(w > p for w, p in zip(window, padded)):
+        raise ShapeError(
+            layer,
+            f"{what} {window} is larger than the padded input's spatial size {padded} (input shape {shape}); "
+            "use a smaller window, more padding or a larger input.",
+        )
+
+
+class _ConvBase(Layer):
+    """The configuration `Conv` and `ConvTranspose` share."""
+
+    kernel_size: int | tuple[int, ...]
+    in_channels: int
+    out_channels: int
+    activation: Callable | None = None
+    _: dataclasses.KW_ONLY
+    stride: int | tuple[int, ...] = 1
+    padding: Any = 0
+    dilation: int | tuple[int, ...] = 1
+    groups: int = 1
+    use_bias: bool = True
+    init_weight: Initializer | None = None
+    init_bias: Initializer | None = None
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        kernel = self.kernel_size
+        kernel = as_tuple(name, "kernel_size", kernel, 1 if isinstance(kernel, int) else len(kernel))
+        if not kernel:
+            raise ConfigError(f"{name}: `kernel_size` must have at least one entry, got {self.kernel_size!r}.")
+        n = len(kernel)
+        object.__setattr__(self, "kernel_size", kernel)
+        object.__setattr__(self, "stride", as_tuple(name, "stride", self.stride, n))
+        object.__setattr__(self, "dilation", as_tuple(name, "dilation", self.dilation, n))
+        object.__setattr__(self, "padding", as_padding(name, self.padding, n))
+        for arg in ("in_channels", "out_channels", "groups"):
+            as_tuple(name, arg, getattr(self, arg), 1)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ConfigError(
+                f"{name}: `groups` ({self.groups}) must divide both `in_channels` ({self.in_channels}) "
+                f"and `out_channels` ({self.out_channels})."
+            )
+        if self.activation is not None and not callable(self.activation):
+            raise ConfigError(f"{name}: `activation` must be callable or None, got {self.activation!r}.")
+
+    def weight_shape(self) -> tuple[int, ...]:
+        """The shape of `ps["weight"]`."""
+        return (*self.kernel_size, self.in_channels // self.groups, self.out_channels)
+
+    def fan_in(self) -> int:
+        """`in_channels // groups * prod(kernel_size)`, the default initialisers' fan-in."""
+        return self.in_channels // self.groups * math.prod(self.kernel_size)
+
+    def init_params(self, key: jax.Array) -> dict:
+        key_w, key_b = jax.random.split(key)
+        init_w = self.init_weight or fan_in_uniform(self.fan_in())
+        ps = {"weight": init_w(key_w, self.weight_shape(), jnp.float32)}
+        if self.use_bias:
+            init_b = self.init_bias or fan_in_uniform(self.fan_in())
+            ps["bias"] = init_b(key_b, (self.out_channels,), jnp.float32)
+        return ps
+
+    def _finish(self, y: jax.Array, ps: dict) -> jax.Array:
+        if self.use_bias:
+            y = y + jnp.reshape(ps["bias"], (1,) * (y.ndim - 1) + (-1,)).astype(y.dtype)
+        return self.activation(y) if self.activation is not None else y
+
+    def _dimension_numbers(self, n: int) -> jax.lax.ConvDimensionNumbers:
+        spatial = "".join(chr(ord("D") + i) for i in range(n))  # D, E, F, ...: never N, C, I or O
+        lhs = f"N{spatial}C"
+        return jax.lax.conv_dimension_numbers((1,) * (n + 2), (1,) * (n + 2), (lhs, f"{spatial}IO", lhs))
+
+    def _extra_repr(self) -> list[str]:
+        extra = [function_name(self.activation)] if self.activation is not None else []
+        if self.padding != ((0, 0),) * len(self.kernel_size):
+            extra.append(f"pad={padding_repr(self.padding)}")
+        if set(self.stride) != {1}:
+            extra.append(f"stride={tuple_repr(self.stride)}")
+        if set(self.dilation) != {1}:
+            extra.append(f"dilation={tuple_repr(self.dilation)}")
+        if self.groups != 1:
+            extra.append(f"groups={self.groups}")
+        if not self.use_bias:
+            extra.append("use_bias=False")
+        return extra
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {e}" for e in self._extra_repr())
+        return f"{type(self).__name__}({self.kernel_size}, {self.in_channels} => {self.out_channels}{extra})"
+
+
+class Conv(_ConvBase):
+    """A convolution over the spatial axes of a channels-last input, as `Conv` in Lux.
+
+    Args:
+        kernel_size: an int or a tuple; its length is the number of spatial axes (an int
+            means one spatial axis, i.e. a 1D convolution).
+        in_channels: size of the input's last axis.
+        out_channels: size of the output's last axis.
+        activation: elementwise function applied to the output (`None`: identity).
+        stride: an int or one int per spatial axis.
+        padding: an int, one int per spatial axis, one `(lo, hi)` pair per spatial axis, or
+            "SAME" (output size `ceil(input / stride)`) or "VALID" (no padding), any case.
+        dilation: an int or one int per spatial axis.
+        groups: split the channels into this many groups, convolved separately; it must
+            divide `in_channels` and `out_channels`.
+        use_bias: whether to add a bias.
+        init_weight: `init(key, shape, dtype)` for the weight; default uniform on
+            `[-1/sqrt(fan_in), 1/sqrt(fan_in)]` with `fan_in = in_channels // groups * prod(kernel_size)`.
+        init_bias: `init(key, shape, dtype)` for the bias; default the same uniform.
+
+    Inputs: `x` of shape `(batch, *spatial, in_channels)`. Returns `(batch, *out_spatial, out_channels)`.
+
+    `ps`: `{"weight": (*kernel_size, in_channels // groups, out_channels), "bias": (out_channels,)}`
+    (the "HWIO" layout; no `bias` when `use_bias=False`). `st`: `{}`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, luxjax as lx
+        >>> model = lx.Conv((3, 3), 1, 16, jax.nn.relu, padding=1, stride=2)
+        >>> model
+        Conv((3, 3), 1 => 16, relu, pad=1, stride=2)
+        >>> ps, st = lx.setup(jax.random.key(0), model)
+        >>> ps["weight"].shape
+        (3, 3, 1, 16)
+        >>> model(jnp.ones((4, 28, 28, 1)), ps, st)[0].shape
+        (4, 14, 14, 16)
+    """
+
+    def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
+        with jax.named_scope("Conv"):
+            n = len(self.kernel_size)
+            check_spatial_input(self, x, n, self.in_channels)
+            shape = jnp.shape(x)
+            window = tuple((k - 1) * d + 1 for k, d in zip(self.kernel_size, self.dilation))
+            pads = explicit_padding(self.padding, shape[1:-1], window, self.stride)
+            check_window_fits(self, shape, pads, window, "kernel (dilated size)")
+            y = jax.lax.conv_general_dilated(
+                x,
+                ps["weight"].astype(x.dtype),
+                window_strides=self.stride,
+                padding=pads,
+                rhs_dilation=self.dilation,
+                dimension_numbers=self._dimension_numbers(n),
+                feature_group_count=self.groups,
+            )
+            return self._finish(y, ps), st
+
+
+class ConvTranspose(_ConvBase):
+    """A transposed convolution (the gradient of `Conv` with respect to its input), as in Lux and PyTorch.
+
+    Each spatial output size is
+    `(size - 1) * stride - lo - hi + dilation * (kernel - 1) + 1 + output_padding`, where
+    `(lo, hi)` is the padding, which here crops the output (PyTorch's `ConvTranspose`
+    convention). "SAME" makes the output `size * stride` (the cropping split as evenly as
+    possible, the extra on the high side); "VALID" means no cropping.
+
+    Args:
+        kernel_size: an int or a tuple; its length is the number of spatial axes.
+        in_channels: size of the input's last axis.
+        out_channels: size of the output's last axis.
+        activation: elementwise function applied to the output (`None`: identity).
+        stride: an int or one int per spatial axis.
+        padding: as for `Conv`.
+        dilation: an int or one int per spatial axis.
+        groups: it must divide `in_channels` and `out_channels`.
+        output_padding: an int or one int per spatial axis, added on the high side; each must
+            be smaller than the stride or the dilation.
+        use_bias: whether to add a bias.
+        init_weight: `init(key, shape, dtype)` for the weight; default uniform on
+            `[-1/sqrt(fan_in), 1/sqrt(fan_in)]` with `fan_in = in_channels // groups * prod(kernel_size)`.
+        init_bias: `init(key, shape, dtype)` for the bias; default the same uniform.
+
+    Inputs: `x` of shape `(batch, *spatial, in_channels)`. Returns `(batch, *out_spatial, out_channels)`.
+
+    `ps`: `{"weight": (*kernel_size, out_channels // groups, in_channels), "bias": (out_channels,)}`
+    (Lux's layout: the transpose of a `Conv` from `out_channels` to `in_channels`; PyTorch's
+    weight is this one moved to `(in_channels, out_channels // groups, *kernel_size)`). `st`: `{}`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, luxjax as lx
+        >>> model = lx.ConvTranspose((2, 2), 8, 4, stride=2)
+        >>> model
+        ConvTranspose((2, 2), 8 => 4, stride=2)
+        >>> ps, st = lx.setup(jax.random.key(0), model)
+        >>> ps["weight"].shape
+        (2, 2, 4, 8)
+        >>> model(jnp.ones((1, 7, 7, 8)), ps, st)[0].shape
+        (1, 14, 14, 4)
+    """
+
+    _: dataclasses.KW_ONLY
+    output_padding: int | tuple[int, ...] = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        n = len(self.kernel_size)
+        outpad = as_tuple("ConvTranspose", "output_padding", self.output_padding, n, minimum=0)
+        if any(o >= max(s, d) for o, s, d in zip(outpad, self.stride, self.dilation)):
+            raise ConfigError(
+                f"ConvTranspose: `output_padding` {outpad} must be smaller than the stride {self.stride} "
+                f"or the dilation {self.dilation} in every axis."
+            )
+        object.__setattr__(self, "output_padding", outpad)
+
+    def weight_shape(self) -> tuple[int, ...]:
+        return (*self.kernel_size, self.out_channels // self.groups, self.in_channels)
+
+    def _crops(self, spatial: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+        if self.padding == "VALID":
+            return ((0, 0),) * len(spatial)
+        if self.padding == "SAME":
+            total = [(k - 1) * d + 1 - s for k, d, s in zip(self.kernel_size, self.dilation, self.stride)]
+            return tuple((t // 2, t - t // 2) for t in total)
+        return self.padding
+
+    def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
+        with jax.named_scope("ConvTranspose"):
+            n, g = len(self.kernel_size), self.groups
+            check_spatial_input(self, x, n, self.in_channels)
+            shape = jnp.shape(x)
+            crops = self._crops(shape[1:-1])
+            out = [
+                (size - 1) * s - lo - hi + d * (k - 1) + 1 + o
+                for size, s, (lo, hi), d, k, o in zip(
+                    shape[1:-1], self.stride, crops, self.dilation, self.kernel_size, self.output_padding
+                )
+            ]
+            if any(size < 1 for size in out):
+                raise ShapeError(
+                    self,
+                    f"the padding {crops} crops away the whole output (size {tuple(out)}) for input shape {shape}.",
+                )
+            # As a direct convolution: dilate the input by the stride, flip the kernel, and
+            # regroup the weight (*k, out/g, in) into HWIO (*k, in/g, out).
+            w = ps["weight"].astype(x.dtype)
+            w = jnp.flip(w, axis=tuple(range(n)))
+            w = jnp.reshape(w, (*self.kernel_size, self.out_channels // g, g, self.in_channels // g))
+            w = jnp.moveaxis(w, (n, n + 1, n + 2), (n + 2, n + 1, n))
+            w = jnp.reshape(w, (*self.kernel_size, self.in_channels // g, self.out_channels))
+            pads = [
+                (d * (k - 1) - lo, d * (k - 1) - hi + o)
+                for d, k, (lo, hi), o in zip(self.dilation, self.kernel_size, crops, self.output_padding)
+            ]
+            y = jax.lax.conv_general_dilated(
+                x,
+                w,
+                window_strides=(1,) * n,
+                padding=pads,
+                lhs_dilation=self.stride,
+                rhs_dilation=self.dilation,
+                dimension_numbers=self._dimension_numbers(n),
+                feature_group_count=g,
+            )
+            return self._finish(y, ps), st
+
+    def _extra_repr(self) -> list[str]:
+        extra = super()._extra_repr()
+        if set(self.output_padding) != {0}:
+            extra.append(f"output_padding={tuple_repr(self.output_padding)}")
+        return extra
