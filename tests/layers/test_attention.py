@@ -153,3 +153,16 @@ def test_attention_rejects_dims_not_divisible_by_heads():
         lx.MultiHeadAttention(10, 4)
     with pytest.raises(lx.ConfigError, match=r"`num_heads` must be a positive int, got 0"):
         lx.MultiHeadAttention(10, 0)
+
+
+def test_attention_projections_can_be_frozen_and_unfrozen(key):
+    from luxjax import experimental as lxe
+
+    model = lx.Chain(attn=lx.MultiHeadAttention(4, 2), head=lx.Dense(4, 1))
+    ps, st = lx.setup(key, model)
+    x = _x(2, 3, 4)
+    frozen, ps_f, st_f = lxe.freeze(model, ps, st, where=lambda path, layer: str(path) == "attn.q_proj")
+    assert frozen["attn"].q_proj == lxe.FrozenLayer(model["attn"].q_proj, None)
+    assert ps_f["attn"]["q_proj"] == {} and frozen["attn"].num_heads == 2
+    np.testing.assert_allclose(frozen(x, ps_f, st_f)[0], model(x, ps, st)[0], rtol=1e-6)
+    assert lxe.unfreeze(frozen, ps_f, st_f)[0] == model

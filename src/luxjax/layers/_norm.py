@@ -200,9 +200,7 @@ class LayerNorm(Layer):
         with jax.named_scope("LayerNorm"):
             k = len(self.shape)
             if tuple(jnp.shape(x)[-k:]) != self.shape or jnp.ndim(x) < k:
-                raise ShapeError(
-                    self, f"expected input with trailing axes {self.shape}, got shape {jnp.shape(x)}."
-                )
+                raise ShapeError(self, f"expected input with trailing axes {self.shape}, got shape {jnp.shape(x)}.")
             axes = tuple(range(jnp.ndim(x) - k, jnp.ndim(x)))
             mean = jnp.mean(x, axis=axes, keepdims=True)
             var = jnp.var(x, axis=axes, keepdims=True)
