@@ -73,7 +73,13 @@ class Gated(lx.ContainerLayer):
 
 def leaves():
     return hs.sampled_from(
-        [lx.Dense(DIMS, DIMS), lx.Dense(DIMS, DIMS, jnp.tanh), RunningMean(DIMS), lx.WrappedFunction(jnp.sin)]
+        [
+            lx.Dense(DIMS, DIMS),
+            lx.Dense(DIMS, DIMS, jnp.tanh),
+            RunningMean(DIMS),
+            lx.BatchNorm(DIMS),
+            lx.WrappedFunction(jnp.sin),
+        ]
     )
 
 

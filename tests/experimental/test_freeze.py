@@ -157,15 +157,24 @@ def test_where_freezes_every_layer_of_a_type_and_a_subtree(key):
         freeze(model, ("backbone",), where=lambda path, layer: True)
 
 
-def test_frozen_stateful_layer_still_updates_its_running_statistics(key):
-    # freezing is not eval mode (as in Lux): in training mode the running mean moves
-    model = RunningMean(DIMS)
+def test_frozen_batchnorm_still_updates_its_running_statistics(key):
+    # freezing is not eval mode (as in Lux): in training mode the running statistics move
+    model = lx.BatchNorm(3)
     ps, st = lx.setup(key, model)
     frozen, ps_f, st_f = freeze(model, ps, st)
-    _, new_st = frozen(X, ps_f, st_f)
-    np.testing.assert_allclose(new_st["states"]["mean"], 0.5 * jnp.mean(X, axis=0), rtol=1e-6)
-    _, test_st = frozen(X, ps_f, lx.testmode(st_f))
-    np.testing.assert_array_equal(test_st["states"]["mean"], st["mean"])
+    assert ps_f == {} and list(st_f["frozen_params"]) == ["scale", "bias"]
+    x = jax.random.normal(jax.random.key(5), (8, 3))
+    y, new_st = frozen(x, ps_f, st_f)
+    np.testing.assert_allclose(new_st["states"]["running_mean"], 0.1 * np.mean(x, axis=0), rtol=1e-5)
+    unbiased = np.var(np.asarray(x), axis=0, ddof=1)
+    np.testing.assert_allclose(new_st["states"]["running_var"], 0.9 + 0.1 * unbiased, rtol=1e-5)
+    xn = np.asarray(x)
+    np.testing.assert_allclose(y, (xn - xn.mean(0)) / np.sqrt(xn.var(0) + 1e-5), rtol=1e-4, atol=1e-5)
+    assert new_st["frozen_params"] is st_f["frozen_params"]
+    # test mode, reached inside the frozen state by lx.testmode, leaves them alone
+    _, test_st = frozen(x, ps_f, lx.testmode(st_f))
+    np.testing.assert_array_equal(test_st["states"]["running_mean"], st["running_mean"])
+    check_layer(freeze(lx.BatchNorm(3), ("scale",)), x)
 
 
 def test_wrong_state_is_a_clear_error(key):

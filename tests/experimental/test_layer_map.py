@@ -30,10 +30,10 @@ def zero_dense_params(layer, ps, st, path):
     return layer, ps, st
 
 
-def test_seed_example_zeroes_dense_and_leaves_the_stateful_layer(key, capsys):
+def test_seed_example_zeroes_dense_and_leaves_the_batchnorm(key, capsys):
     model = lx.Parallel(
         jnp.add,
-        chain=lx.Chain(dense_1=lx.Dense(2, 3), bn=RunningMean(3), dense_2=lx.Dense(3, 5)),
+        chain=lx.Chain(dense_1=lx.Dense(2, 3), bn=lx.BatchNorm(3), dense_2=lx.Dense(3, 5)),
         dense_3=lx.Dense(5, 1),
     )
     ps, st = lx.setup(key, model)
@@ -46,8 +46,8 @@ def test_seed_example_zeroes_dense_and_leaves_the_stateful_layer(key, capsys):
     for path in ("chain.dense_1", "chain.dense_2", "dense_3"):
         for name in ("weight", "bias"):
             assert not np.any(lx.KeyPath.parse(path).get(new_ps)[name])
-    assert new_ps["chain"]["bn"] is ps["chain"]["bn"] and new_st is not None
-    assert new_st["chain"]["bn"]["mean"] is st["chain"]["bn"]["mean"]
+    assert new_ps["chain"]["bn"] is ps["chain"]["bn"]
+    assert new_st["chain"]["bn"] is st["chain"]["bn"] and list(st["chain"]["bn"])[:2] == ["running_mean", "running_var"]
     assert new_model == model
     assert list(new_ps) == ["chain", "dense_3"] and list(new_ps["chain"]) == ["dense_1", "bn", "dense_2"]
 
