@@ -8,8 +8,9 @@ import pytest
 import luxjax
 import luxjax.experimental
 import luxjax.testing
+import luxjax.training
 
-MODULES = [luxjax, luxjax.experimental, luxjax.testing]
+MODULES = [luxjax, luxjax.experimental, luxjax.testing, luxjax.training]
 PUBLIC = [
     (module.__name__, name, getattr(module, name))
     for module in MODULES

@@ -10,6 +10,9 @@ A model is an immutable layer plus two plain trees, parameters `ps` and states `
     (8, 1)
 """
 
+from . import experimental as experimental
+from . import training as training
+from .core import CheckpointError as CheckpointError
 from .core import ConfigError as ConfigError
 from .core import ContainerLayer as ContainerLayer
 from .core import KeyPath as KeyPath

@@ -2,6 +2,7 @@
 
 from ._display import display as display
 from ._display import function_name as function_name
+from ._errors import CheckpointError as CheckpointError
 from ._errors import ConfigError as ConfigError
 from ._errors import LayerError as LayerError
 from ._errors import NaNError as NaNError

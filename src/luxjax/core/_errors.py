@@ -43,3 +43,7 @@ class NotALayerError(TypeError):
 
 class NaNError(FloatingPointError):
     """A NaN (or Inf) found by debug mode; the message names the layer and its location."""
+
+
+class CheckpointError(ValueError):
+    """A file that is not a complete luxjax checkpoint (truncated, foreign or from a newer format)."""

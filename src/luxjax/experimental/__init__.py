@@ -5,3 +5,6 @@ from ._freeze import freeze as freeze
 from ._freeze import unfreeze as unfreeze
 from ._layer_map import layer_at as layer_at
 from ._layer_map import layer_map as layer_map
+from ._share import share_parameters as share_parameters
+from ._share import tie as tie
+from ._share import tied_groups as tied_groups

@@ -1,0 +1,248 @@
+"""Tied parameters: `share_parameters` (Lux's `Experimental.share_parameters`) and the tie groups.
+
+Places in one group hold the same array object (`is`), as in Lux. Identity does not survive
+`jax.jit` outputs, `jax.tree.map` or a load from disk, so whatever must keep ties records them
+as groups of leaf paths: `tied_groups(ps)` finds them, `tie(ps, groups)` restores them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from ..core import KeyPath
+
+Groups = tuple[tuple[KeyPath, ...], ...]
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray))
+
+
+def _leaves_with_paths(tree: Any) -> list[tuple[KeyPath, Any]]:
+    """The leaves of a tree of nested dicts, with their `KeyPath`s, in the tree's own order."""
+    out: list[tuple[KeyPath, Any]] = []
+
+    def walk(node: Any, path: KeyPath) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                walk(v, path / str(k))
+        elif isinstance(node, (list, tuple)) and not hasattr(node, "_fields"):
+            for i, v in enumerate(node):
+                walk(v, path / str(i))
+        elif node is not None:
+            out.append((path, node))
+
+    walk(tree, KeyPath())
+    return out
+
+
+def _describe(where: Sequence[str]) -> str:
+    if list(where) == [""]:
+        return "one array"
+    return ", ".join(repr(k) for k in where) if where else "no keys"
+
+
+def _get(fn: str, ps: Any, accessor: str) -> Any:
+    node = ps
+    path = KeyPath.parse(accessor)
+    for depth, key in enumerate(path):
+        if not isinstance(node, Mapping) or key not in node:
+            where = str(path[:depth]) or "the root"
+            have = _describe(list(node)) if isinstance(node, Mapping) else f"a {type(node).__name__}"
+            raise ValueError(f"{fn}: `ps` has no {accessor!r}: no key {key!r} at {where}, which has {have}.")
+        node = node[key]
+    return node
+
+
+def _copy_dicts(tree: Any) -> Any:
+    """A copy of the nested dicts of `tree` (keeping their order) around the same leaves."""
+    if isinstance(tree, Mapping):
+        return {k: _copy_dicts(v) for k, v in tree.items()}
+    return tree
+
+
+def replace_at(tree: Any, values: Mapping[KeyPath, Any]) -> Any:
+    """A copy of nested-dict `tree` with each path in `values` set; only dicts on those paths are copied."""
+    if not values:
+        return tree
+    if KeyPath() in values:
+        return values[KeyPath()]
+    heads: dict[str, dict[KeyPath, Any]] = {}
+    for path, value in values.items():
+        heads.setdefault(path[0], {})[KeyPath(*path[1:])] = value
+    out = dict(tree)
+    for key, rest in heads.items():
+        out[key] = replace_at(tree[key], rest)
+    return out
+
+
+def _check_sharing(sharing: Any) -> list[list[str]]:
+    if isinstance(sharing, str) or not isinstance(sharing, Iterable):
+        raise ValueError(
+            f"share_parameters: `sharing` must be a tuple of groups of dotted accessors such as "
+            f"(('d3.l2', 'd1'),), got {sharing!r}."
+        )
+    groups = []
+    for group in sharing:
+        if isinstance(group, str) or not isinstance(group, Iterable):
+            raise ValueError(
+                f"share_parameters: each group in `sharing` must be a tuple of dotted accessors such as "
+                f"('d3.l2', 'd1'), got {group!r}."
+            )
+        group = list(group)
+        for accessor in group:
+            if not isinstance(accessor, str) or not accessor:
+                raise ValueError(
+                    f"share_parameters: accessors must be non-empty dotted strings such as 'd3.l2', got {accessor!r}."
+                )
+        groups.append(group)
+    seen: list[tuple[KeyPath, str, int]] = []
+    for index, group in enumerate(groups):
+        for accessor in group:
+            path = KeyPath.parse(accessor)
+            for other_path, other, other_index in seen:
+                if path == other_path and index == other_index:
+                    raise ValueError(f"share_parameters: {accessor!r} appears twice in group {tuple(group)}.")
+                shorter = min(len(path), len(other_path))
+                if path[:shorter] == other_path[:shorter]:
+                    where = "the same group" if index == other_index else f"groups {other_index} and {index}"
+                    raise ValueError(
+                        f"share_parameters: accessors {other!r} and {accessor!r} in {where} overlap; "
+                        "each place may belong to one group only."
+                    )
+            seen.append((path, accessor, index))
+    return groups
+
+
+def _check_match(value: Any, value_name: str, place: Any, accessor: str) -> None:
+    value_leaves = _leaves_with_paths(value)
+    place_leaves = _leaves_with_paths(place)
+    for path, leaf in value_leaves:
+        if not _is_array(leaf):
+            what = f"{path} of {value_name}" if path else value_name
+            raise ValueError(
+                f"share_parameters: ties are between arrays, but {what} is {leaf!r} of type {type(leaf).__name__}."
+            )
+    value_paths = [str(p) for p, _ in value_leaves]
+    place_paths = [str(p) for p, _ in place_leaves]
+    if value_paths != place_paths and sorted(value_paths) != sorted(place_paths):
+        raise ValueError(
+            f"share_parameters: {accessor!r} has entries {_describe(place_paths)} "
+            f"but {value_name} has {_describe(value_paths)}."
+        )
+    place_by_path = {str(p): leaf for p, leaf in place_leaves}
+    for path, leaf in value_leaves:
+        other = place_by_path[str(path)]
+        what = f"{path} of " if path else ""
+        for attr in ("shape", "dtype"):
+            got, expected = getattr(other, attr, None), getattr(leaf, attr)
+            if got != expected:
+                shown = tuple(expected) if attr == "shape" else expected
+                got_shown = tuple(got) if attr == "shape" and got is not None else got
+                raise ValueError(
+                    f"share_parameters: {accessor!r} has {what}{attr} {got_shown} but {value_name} has {shown}."
+                )
+
+
+def share_parameters(ps: dict, sharing: Sequence[Sequence[str]], new_parameters: Sequence[Any] | None = None) -> dict:
+    """Ties groups of places in `ps` to one value each (Lux's `Experimental.share_parameters`).
+
+    Args:
+        ps: the parameter tree (nested dicts).
+        sharing: a tuple of groups of dotted accessors, e.g. `(("d3.l2", "d1"), ("d2", "d3.l1"))`.
+            Groups must be disjoint, also by prefix (`"d1"` and `"d1.weight"` overlap).
+        new_parameters: optional, one value per group. Without it each group takes the value at
+            its first accessor.
+
+    Returns:
+        A new tree with the same structure in which the places of one group hold the same arrays
+        (`is`). The input is not changed. Ties are kept by `luxjax.training` (training steps,
+        checkpoints, flattening); `jax.jit` outputs and `jax.tree.map` do not keep identity.
+
+    Raises:
+        ValueError: for overlapping groups, a missing accessor, `new_parameters` of the wrong
+            length, or a value whose structure, shape or dtype does not match a place.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, luxjax as lx
+        >>> from luxjax.experimental import share_parameters
+        >>> model = lx.Chain(d1=lx.Dense(2, 4, jnp.tanh), d3=lx.Chain(l1=lx.Dense(4, 2), l2=lx.Dense(2, 4)),
+        ...                  d2=lx.Dense(4, 2))
+        >>> ps, st = lx.setup(jax.random.key(0), model)
+        >>> ps = share_parameters(ps, (("d3.l2", "d1"), ("d2", "d3.l1")))
+        >>> ps["d3"]["l2"]["weight"] is ps["d1"]["weight"] and ps["d2"]["bias"] is ps["d3"]["l1"]["bias"]
+        True
+    """
+    groups = _check_sharing(sharing)
+    if new_parameters is not None:
+        if isinstance(new_parameters, Mapping) or not isinstance(new_parameters, Sequence):
+            raise ValueError(
+                f"share_parameters: `new_parameters` must be a sequence with one value per group, "
+                f"got {type(new_parameters).__name__}."
+            )
+        if len(new_parameters) != len(groups):
+            raise ValueError(
+                f"share_parameters: `new_parameters` must have one value per group of `sharing` "
+                f"({len(groups)}), got {len(new_parameters)}."
+            )
+    updates: dict[KeyPath, Any] = {}
+    for index, group in enumerate(groups):
+        places = [_get("share_parameters", ps, accessor) for accessor in group]
+        if new_parameters is None:
+            value, value_name = places[0], repr(group[0])
+        else:
+            value, value_name = new_parameters[index], f"new_parameters[{index}]"
+        for accessor, place in zip(group, places):
+            _check_match(value, value_name, place, accessor)
+        for accessor in group:
+            updates[KeyPath.parse(accessor)] = _copy_dicts(value)
+    return replace_at(_copy_dicts(ps), updates)
+
+
+def tied_groups(ps: Any) -> Groups:
+    """The groups of leaf paths in `ps` that hold the same array object (`is`), sorted.
+
+    Each group has two or more `KeyPath`s, sorted, and the groups are sorted by their first
+    path, the group's representative. The order does not depend on the order of dict keys
+    (which `jax.jit` and `jax.tree.map` change), so the groups, and the optimizer state kept
+    per representative, are the same before and after a step or a checkpoint.
+    Python scalars are never ties.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from luxjax.experimental import tied_groups
+        >>> w = jnp.ones((2, 2))
+        >>> tied_groups({"a": {"weight": w}, "b": {"weight": w, "bias": jnp.zeros(2)}})
+        ((KeyPath('a', 'weight'), KeyPath('b', 'weight')),)
+    """
+    by_id: dict[int, list[KeyPath]] = {}
+    for path, leaf in _leaves_with_paths(ps):
+        if _is_array(leaf):
+            by_id.setdefault(id(leaf), []).append(path)
+    return tuple(sorted(tuple(sorted(paths)) for paths in by_id.values() if len(paths) > 1))
+
+
+def tie(ps: dict, groups: Sequence[Sequence[KeyPath | str]]) -> dict:
+    """Restores ties: every place of a group of leaf paths gets the value of the group's first.
+
+    Cheap (it copies only the dicts on the tied paths) and unchecked; use it to put back ties
+    that `jax.jit`, `jax.tree.map` or a load dropped. `share_parameters` is the checked form.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from luxjax.experimental import tie
+        >>> ps = tie({"a": jnp.ones(2), "b": jnp.zeros(2)}, [("a", "b")])
+        >>> ps["a"] is ps["b"]
+        True
+    """
+    updates: dict[KeyPath, Any] = {}
+    for group in groups:
+        paths = [p if isinstance(p, KeyPath) else KeyPath.parse(p) for p in group]
+        value = paths[0].get(ps)
+        for path in paths[1:]:
+            updates[path] = value
+    return replace_at(ps, updates)
