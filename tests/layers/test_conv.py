@@ -166,13 +166,12 @@ def _channels_last(t):
 @pytest.mark.parametrize(
     ("kwargs", "kernel", "in_ch", "out_ch", "spatial", "grads"),
     [
-        ({"stride": 2, "padding": 1}, (3, 3), 3, 4, (9, 8), False),
         ({"padding": 2, "dilation": 2, "groups": 2}, (3, 3), 4, 6, (8, 9), True),
         ({"stride": (1, 2), "padding": ((1, 2), (0, 1))}, (2, 3), 2, 3, (6, 7), True),
         ({"padding": "same", "dilation": 3}, (3,), 2, 2, (10,), False),
         ({"stride": 2, "groups": 3}, (2, 2, 3), 3, 3, (4, 5, 6), False),
     ],
-    ids=["stride-pad", "dilation-groups", "asymmetric", "1d-same", "3d-groups"],
+    ids=["dilation-groups", "stride-asymmetric-pad", "1d-same", "3d-stride-groups"],
 )
 def test_conv_matches_torch(key, kwargs, kernel, in_ch, out_ch, spatial, grads):
     torch = _torch()
@@ -202,7 +201,7 @@ def test_conv_matches_torch(key, kwargs, kernel, in_ch, out_ch, spatial, grads):
     # Gradients of a weighted sum of the output, for the input and both parameters.
     direction = _normal(y.shape, seed=2)
     (yt * _channels_first(direction)).sum().backward()
-    grads = jax.grad(lambda ps, x: jnp.vdot(model(x, ps, st)[0], direction), argnums=(0, 1))(ps, x)
+    grads = jax.jit(jax.grad(lambda ps, x: jnp.vdot(model(x, ps, st)[0], direction), argnums=(0, 1)))(ps, x)
     np.testing.assert_allclose(grads[1], _channels_last(xt.grad), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(grads[0]["bias"], b.grad.numpy(), rtol=1e-4, atol=1e-4)
     w_grad = np.moveaxis(w.grad.numpy(), (0, 1), (n + 1, n))
@@ -213,12 +212,11 @@ def test_conv_matches_torch(key, kwargs, kernel, in_ch, out_ch, spatial, grads):
 @pytest.mark.parametrize(
     ("kwargs", "kernel", "in_ch", "out_ch", "spatial"),
     [
-        ({"stride": 2}, (2, 2), 3, 4, (4, 5)),
         ({"stride": (2, 3), "padding": (1, 0), "output_padding": (1, 2)}, (3, 3), 2, 3, (5, 4)),
         ({"dilation": 2, "groups": 2, "padding": 1}, (3, 2), 4, 6, (4, 4)),
         ({"stride": 2, "padding": 1}, (3, 3, 3), 2, 2, (3, 2, 3)),
     ],
-    ids=["stride", "outpad", "dilation-groups", "3d"],
+    ids=["stride-outpad", "dilation-groups", "3d"],
 )
 def test_conv_transpose_matches_torch(key, kwargs, kernel, in_ch, out_ch, spatial):
     torch = _torch()

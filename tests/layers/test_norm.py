@@ -23,21 +23,23 @@ class _InTestMode(lx.WrapperLayer):
         return self.layer(x, ps, st)
 
 
+# Finite-difference gradients where PyTorch's gradients are not compared below (BatchNorm's
+# are; in test mode it is affine), which keeps this file fast.
 @pytest.mark.parametrize(
-    ("model", "shape"),
+    ("model", "shape", "grads"),
     [
-        (lx.BatchNorm(3, jnp.tanh), (6, 3)),
-        (_InTestMode(lx.BatchNorm(2, momentum=0.3)), (4, 3, 2)),
-        (lx.BatchNorm(2, affine=False, track_stats=False), (4, 5, 2)),
-        (lx.LayerNorm(4), (3, 4)),
-        (lx.LayerNorm((3, 2), jax.nn.relu, affine=False), (2, 5, 3, 2)),
-        (lx.GroupNorm(4, 2), (2, 3, 3, 4)),
-        (lx.GroupNorm(3, 3, epsilon=1e-3), (2, 5, 3)),
+        (lx.BatchNorm(3, jnp.tanh), (6, 3), False),
+        (_InTestMode(lx.BatchNorm(2, momentum=0.3)), (4, 3, 2), False),
+        (lx.BatchNorm(2, affine=False, track_stats=False), (4, 5, 2), False),
+        (lx.LayerNorm(4), (3, 4), True),
+        (lx.LayerNorm((3, 2), jax.nn.relu, affine=False), (2, 5, 3, 2), False),
+        (lx.GroupNorm(4, 2), (2, 3, 3, 4), True),
+        (lx.GroupNorm(3, 3, epsilon=1e-3), (2, 5, 3), False),
     ],
     ids=repr,
 )
-def test_norm_contract(model, shape):
-    check_layer(model, _normal(shape), rtol=1e-4, atol=1e-4)
+def test_norm_contract(model, shape, grads):
+    check_layer(model, _normal(shape), rtol=1e-4, atol=1e-4, check_gradients=grads)
 
 
 def test_batchnorm_counts_and_display():
@@ -141,7 +143,7 @@ def _channels_last(t):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("shape", [(8, 3), (4, 5, 3), (2, 4, 3, 3)], ids=["0d", "1d", "2d"])
+@pytest.mark.parametrize("shape", [(8, 3), (2, 4, 3, 3)], ids=["0d", "2d"])
 def test_batchnorm_matches_torch_in_both_modes(key, shape):
     torch = _torch()
     model = lx.BatchNorm(3, momentum=0.2, epsilon=1e-4)
@@ -213,7 +215,7 @@ def test_layernorm_matches_torch(key, norm_shape, x_shape):
 
 @pytest.mark.torch
 @pytest.mark.parametrize(
-    ("channels", "groups", "shape"), [(6, 3, (2, 4, 4, 6)), (4, 1, (3, 5, 4)), (4, 4, (2, 3, 2, 2, 4)), (4, 2, (3, 4))]
+    ("channels", "groups", "shape"), [(6, 3, (2, 4, 4, 6)), (4, 4, (2, 3, 2, 2, 4)), (4, 2, (3, 4))]
 )
 def test_groupnorm_matches_torch(key, channels, groups, shape):
     torch = _torch()

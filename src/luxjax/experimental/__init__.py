@@ -1,5 +1,9 @@
 """Model surgery and debugging, after Lux's `Lux.Experimental` (no stability promise yet)."""
 
+from ..core import NaNError as NaNError
+from ._debug import DebugLayer as DebugLayer
+from ._debug import debug_mode as debug_mode
+from ._debug import raise_nan_errors as raise_nan_errors
 from ._freeze import FrozenLayer as FrozenLayer
 from ._freeze import freeze as freeze
 from ._freeze import unfreeze as unfreeze

@@ -71,7 +71,7 @@ def check_spatial_input(layer: Layer, x: jax.Array, n: int, channels: int | None
 
 
 def explicit_padding(
-    padding: str | tuple[tuple[int, int], ...],
+    padding: Any,
     spatial: tuple[int, ...],
     window: tuple[int, ...],
     stride: tuple[int, ...],
@@ -101,14 +101,15 @@ def check_window_fits(
 class _ConvBase(Layer):
     """The configuration `Conv` and `ConvTranspose` share."""
 
-    kernel_size: int | tuple[int, ...]
+    # Ints are accepted for the tuple fields; `__post_init__` stores tuples.
+    kernel_size: tuple[int, ...]
     in_channels: int
     out_channels: int
     activation: Callable | None = None
     _: dataclasses.KW_ONLY
-    stride: int | tuple[int, ...] = 1
+    stride: tuple[int, ...] = 1  # type: ignore[assignment]
     padding: Any = 0
-    dilation: int | tuple[int, ...] = 1
+    dilation: tuple[int, ...] = 1  # type: ignore[assignment]
     groups: int = 1
     use_bias: bool = True
     init_weight: Initializer | None = None
@@ -282,7 +283,7 @@ class ConvTranspose(_ConvBase):
     """
 
     _: dataclasses.KW_ONLY
-    output_padding: int | tuple[int, ...] = 0
+    output_padding: tuple[int, ...] = 0  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         super().__post_init__()

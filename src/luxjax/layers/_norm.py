@@ -3,6 +3,7 @@
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 from ..core import ConfigError, Layer, ShapeError, Training, function_name
 
 
-def _check_config(layer: Layer, ints: tuple[str, ...]) -> None:
+def _check_config(layer: Any, ints: tuple[str, ...]) -> None:
     name = type(layer).__name__
     for arg in ints:
         value = getattr(layer, arg)
@@ -22,13 +23,13 @@ def _check_config(layer: Layer, ints: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}: `activation` must be callable or None, got {layer.activation!r}.")
 
 
-def _affine_params(layer: Layer, shape: tuple[int, ...]) -> dict:
+def _affine_params(layer: Any, shape: tuple[int, ...]) -> dict:
     if not layer.affine:
         return {}
     return {"scale": jnp.ones(shape, jnp.float32), "bias": jnp.zeros(shape, jnp.float32)}
 
 
-def _finish(layer: Layer, x_hat: jax.Array, ps: dict, n_param_axes: int) -> jax.Array:
+def _finish(layer: Any, x_hat: jax.Array, ps: dict, n_param_axes: int) -> jax.Array:
     """Applies the affine transform (parameters on the trailing axes) and the activation."""
     if layer.affine:
         lead = (1,) * (x_hat.ndim - n_param_axes)
@@ -38,7 +39,7 @@ def _finish(layer: Layer, x_hat: jax.Array, ps: dict, n_param_axes: int) -> jax.
     return layer.activation(x_hat) if layer.activation is not None else x_hat
 
 
-def _extra_repr(layer: Layer, defaults: dict) -> str:
+def _extra_repr(layer: Any, defaults: dict) -> str:
     extra = [function_name(layer.activation)] if layer.activation is not None else []
     extra += [f"{k}={getattr(layer, k)!r}" for k, v in defaults.items() if getattr(layer, k) != v]
     return "".join(f", {e}" for e in extra)
@@ -175,7 +176,7 @@ class LayerNorm(Layer):
         Array([0., 0.], dtype=float32)
     """
 
-    shape: int | tuple[int, ...]
+    shape: tuple[int, ...]  # an int is accepted; `__post_init__` stores a tuple
     activation: Callable | None = None
     _: dataclasses.KW_ONLY
     epsilon: float = 1e-5

@@ -2,7 +2,8 @@
 
 import dataclasses
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +23,10 @@ from ._conv import (
 class _Pool(Layer):
     """A window reduction over the spatial axes; `MaxPool` and `MeanPool` differ in the reduction."""
 
-    window: int | tuple[int, ...]
+    # Ints (and `stride=None`) are accepted; `__post_init__` stores tuples.
+    window: tuple[int, ...]
     _: dataclasses.KW_ONLY
-    stride: int | tuple[int, ...] | None = None
+    stride: tuple[int, ...] = None  # type: ignore[assignment]
     padding: Any = 0
 
     def __post_init__(self) -> None:
@@ -121,6 +123,8 @@ class MeanPool(_Pool):
 
 
 class _GlobalPool(Layer):
+    _reduce: ClassVar[Callable[..., jax.Array]]
+
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
         del ps
         with jax.named_scope(type(self).__name__):
@@ -170,7 +174,8 @@ class GlobalMeanPool(_GlobalPool):
 
 
 class _AdaptivePool(Layer):
-    out_size: int | tuple[int, ...]
+    _reduce: ClassVar[Callable[..., jax.Array]]
+    out_size: tuple[int, ...]  # an int is accepted; `__post_init__` stores a tuple
 
     def __post_init__(self) -> None:
         name = type(self).__name__
