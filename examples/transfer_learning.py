@@ -102,7 +102,7 @@ def train(
             acc = float(accuracy(ps, st, x_test, y_test))
             curves["eval_step"].append(step)
             curves["accuracy"].append(acc)
-            bar.set_postfix(loss=f"{np.mean(curves['loss'][-eval_every:]):.3f}", test_acc=f"{acc:.3f}")
+            bar.set_postfix(loss=f"{np.mean(curves['loss'][-eval_every:]):.2g}", test_acc=f"{acc:.3f}")
     curves["test_accuracy"] = float(accuracy(ps, st, x_test, y_test))
     return ps, st, curves
 
