@@ -17,11 +17,13 @@ import numpy as np
 DEFAULT_OUT = "demo_out"
 
 
-def parser(description: str | None, *, steps: int, seed: int = 0) -> argparse.ArgumentParser:
+def parser(
+    description: str | None, *, steps: int, seed: int = 0, steps_help: str = "training steps"
+) -> argparse.ArgumentParser:
     """The flags every example takes: `--steps`, `--seed`, `--out`, `--no-progress`."""
     first_line = (description or "").strip().splitlines()[0] if description else None
     p = argparse.ArgumentParser(description=first_line, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--steps", type=int, default=steps, help="training steps (per phase where there are phases)")
+    p.add_argument("--steps", type=int, default=steps, help=steps_help)
     p.add_argument("--seed", type=int, default=seed, help="seed for initialisation, data order and sampling")
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path(DEFAULT_OUT), help="folder for plots and logs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")

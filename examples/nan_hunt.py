@@ -86,7 +86,7 @@ def nan_leaves(tree: Any) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = parser(__doc__, steps=2000)
+    p = parser(__doc__, steps=2000, steps_help="give up if training has not gone NaN after this many steps")
     p.add_argument("--learning-rate", type=float, default=1e-2, help="adam's learning rate (larger fails sooner)")
     p.add_argument("--fix-steps", type=int, default=300, help="steps to train on after the fix")
     args = p.parse_args(argv)

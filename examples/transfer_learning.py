@@ -122,7 +122,7 @@ def plot(pre: dict, fine: dict, path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parser(__doc__, steps=300).parse_args(argv)
+    args = parser(__doc__, steps=300, steps_help="training steps of each phase").parse_args(argv)
     start = time.perf_counter()
     key_pre, key_head = jax.random.split(jax.random.key(args.seed))
 
