@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+DEMO_STAMP := $(VENV)/.demo-stamp
+DEMO_ARGS ?=
 
 .PHONY: test demo bench lint clean
 
@@ -19,8 +21,15 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -n 2 -q
 
-demo: $(STAMP)
-	$(PY) examples/digits_mlp.py
+# The demo needs only the package and its `examples` extra, so a fresh clone gets to it fast.
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[examples]"
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	$(PY) examples/demo.py $(DEMO_ARGS)
 
 # `make bench ARGS=--quick` for the one-minute version; results in bench_out/results.json.
 bench: $(STAMP)
