@@ -48,7 +48,7 @@ SCRIPT = textwrap.dedent(
 
 
     copy = lambda tree: jax.tree.map(jnp.copy, tree)
-    reference, ref_losses = train(copy(ps), st, data)
+    reference, ref_losses = train(copy(ps), copy(st), data)
 
 
     def check(ts, losses, name):
@@ -66,7 +66,7 @@ SCRIPT = textwrap.dedent(
     mesh = Mesh(np.array(jax.devices()), ("data",))
     sharded = jax.device_put(data, NamedSharding(mesh, P("data")))
     replicated = NamedSharding(mesh, P())
-    ts, losses = train(jax.device_put(copy(ps), replicated), jax.device_put(st, replicated), sharded)
+    ts, losses = train(jax.device_put(copy(ps), replicated), jax.device_put(copy(st), replicated), sharded)
     check(ts, losses, "data parallel")
     assert len(ts.parameters["d1"]["weight"].sharding.device_set) == 4
 
@@ -78,7 +78,7 @@ SCRIPT = textwrap.dedent(
     sharded_ps = jax.tree.map(place, copy(ps))
     sharded_ps["d2"] = sharded_ps["d1"]  # the tie, by identity, as share_parameters makes it
     sharded = jax.device_put(data, NamedSharding(mesh, P("data")))
-    ts, losses = train(sharded_ps, jax.device_put(st, NamedSharding(mesh, P())), sharded)
+    ts, losses = train(sharded_ps, jax.device_put(copy(st), NamedSharding(mesh, P())), sharded)
     check(ts, losses, "data and model parallel")
     mu = jax.tree.leaves(ts.optimizer_state)[1]
     assert len(mu.sharding.device_set) == 4

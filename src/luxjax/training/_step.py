@@ -60,7 +60,7 @@ def _build(kind: str, objective: Objective | None, model: Any, optimizer: Any, t
             reduced, opt_state = _update(optimizer, ties, reduced, opt_state, grads)
             return grads, loss, stats, reduced, st, opt_state
 
-        return jax.jit(single, donate_argnums=(0, 2))
+        return jax.jit(single, donate_argnums=(0, 1, 2))
     if kind == "gradients":
         return jax.jit(lambda reduced, st, data: _value_and_grad(objective, model, ties, reduced, st, data))
     return jax.jit(
@@ -159,8 +159,9 @@ def single_train_step(objective: Objective, data: Any, ts: TrainState) -> tuple[
     `objective(model, ps, st, data) -> (loss, st, stats)` as in Lux. The step is compiled
     once per (model, optimizer, ties, objective) and reused; shapes or dtypes of `data` that
     change retrace as with any `jax.jit` function. Ties stay ties (see `TrainState`). The
-    buffers of `ts.parameters` and `ts.optimizer_state` are donated to the step: use the
-    returned state afterwards. Nothing is copied to the host: `loss` is a device scalar.
+    buffers of `ts.parameters`, `ts.states` and `ts.optimizer_state` are donated to the step
+    (so frozen values kept in the state are not copied every step): use the returned state
+    afterwards. Nothing is copied to the host: `loss` is a device scalar.
 
     With a `jax.sharding.Mesh`, put `data` (sharded over the batch) and the parameters
     (replicated or sharded) where they belong before building the `TrainState`; the compiled

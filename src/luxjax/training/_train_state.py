@@ -58,8 +58,9 @@ class TrainState:
     step, and also after `jax.jit`, `jax.lax.scan` or `jax.tree.map` over the `TrainState`
     (its pytree unflattening re-ties them).
 
-    The first training step donates the buffers of `parameters` and `optimizer_state` to the
-    compiled step: keep a copy (`jax.tree.map(jnp.copy, ps)`) if you need the initial values.
+    The first training step donates the buffers of `parameters`, `states` and
+    `optimizer_state` to the compiled step: keep a copy (`jax.tree.map(jnp.copy, ps)`) if you
+    need the initial values.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax, luxjax as lx
