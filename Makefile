@@ -8,9 +8,11 @@ DEMO_ARGS ?=
 
 .PHONY: test demo bench lint clean
 
-$(STAMP): pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[test,bench]"
 	touch $(STAMP)
 
@@ -22,9 +24,7 @@ test: lint
 	$(PY) -m pytest -n 2 -q
 
 # The demo needs only the package and its `examples` extra, so a fresh clone gets to it fast.
-$(DEMO_STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+$(DEMO_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[examples]"
 	touch $(DEMO_STAMP)
 
