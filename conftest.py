@@ -1,7 +1,10 @@
 """Test configuration: JAX strict about dtype and rank promotion, as STYLE asks."""
 
 import jax
+import jax.numpy as jnp
 import pytest
+
+import luxjax as lx
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -10,3 +13,9 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 @pytest.fixture
 def key() -> jax.Array:
     return jax.random.key(0)
+
+
+@pytest.fixture
+def seed_model() -> lx.Layer:
+    """The model of the seed's `share_parameters` example: 44 parameters, no states."""
+    return lx.Chain(d1=lx.Dense(2, 4, jnp.tanh), d3=lx.Chain(l1=lx.Dense(4, 2), l2=lx.Dense(2, 4)), d2=lx.Dense(4, 2))

@@ -19,9 +19,8 @@ class Counter(lx.Layer):
         return f"Counter({self.dims})"
 
 
-def test_seed_model_prints_like_lux():
-    model = lx.Chain(d1=lx.Dense(2, 4, jnp.tanh), d3=lx.Chain(l1=lx.Dense(4, 2), l2=lx.Dense(2, 4)), d2=lx.Dense(4, 2))
-    text = str(model)
+def test_seed_model_prints_like_lux(seed_model):
+    text = str(seed_model)
     lines = text.splitlines()
     assert lines[0] == "Chain("
     assert lines[1].startswith("    d1 = Dense(2 => 4, tanh),") and lines[1].endswith("# 12 parameters")

@@ -5,17 +5,15 @@ import pytest
 
 import luxjax as lx
 
-SEED_MODEL = lx.Chain(d1=lx.Dense(2, 4, jnp.tanh), d3=lx.Chain(l1=lx.Dense(4, 2), l2=lx.Dense(2, 4)), d2=lx.Dense(4, 2))
 
-
-def test_seed_model_sets_up_with_lux_structure(key):
-    ps, st = lx.setup(key, SEED_MODEL)
+def test_seed_model_sets_up_with_lux_structure(key, seed_model):
+    ps, st = lx.setup(key, seed_model)
     assert list(ps) == ["d1", "d3", "d2"]
     assert list(ps["d3"]) == ["l1", "l2"]
     assert ps["d1"]["weight"].shape == (4, 2) and ps["d1"]["bias"].shape == (4,)
     assert st == {"d1": {}, "d3": {"l1": {}, "l2": {}}, "d2": {}}
-    assert lx.parameter_count(SEED_MODEL) == 44 == sum(a.size for a in jax.tree.leaves(ps))
-    y, _ = SEED_MODEL(jnp.ones((7, 2)), ps, st)
+    assert lx.parameter_count(seed_model) == 44 == sum(a.size for a in jax.tree.leaves(ps))
+    y, _ = seed_model(jnp.ones((7, 2)), ps, st)
     assert y.shape == (7, 2)
 
 
@@ -47,12 +45,12 @@ def test_legacy_uint32_keys_work():
     assert ps["weight"].shape == (2, 2)
 
 
-def test_apply_and_stateless_apply_match_call(key):
-    ps, st = lx.setup(key, SEED_MODEL)
+def test_apply_and_stateless_apply_match_call(key, seed_model):
+    ps, st = lx.setup(key, seed_model)
     x = jnp.ones((3, 2))
-    y, _ = SEED_MODEL(x, ps, st)
-    np.testing.assert_array_equal(lx.apply(SEED_MODEL, x, ps, st)[0], y)
-    np.testing.assert_array_equal(lx.stateless_apply(SEED_MODEL, x, ps), y)
+    y, _ = seed_model(x, ps, st)
+    np.testing.assert_array_equal(lx.apply(seed_model, x, ps, st)[0], y)
+    np.testing.assert_array_equal(lx.stateless_apply(seed_model, x, ps), y)
 
 
 def test_stateless_apply_refuses_models_with_state(key):

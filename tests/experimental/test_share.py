@@ -9,20 +9,12 @@ import luxjax as lx
 from luxjax.experimental import share_parameters, tie, tied_groups
 
 
-def seed_model():
-    return lx.Chain(
-        d1=lx.Dense(2, 4, jnp.tanh),
-        d3=lx.Chain(l1=lx.Dense(4, 2), l2=lx.Dense(2, 4)),
-        d2=lx.Dense(4, 2),
-    )
-
-
 @pytest.fixture
-def ps(key):
-    return lx.setup(key, seed_model())[0]
+def ps(key, seed_model):
+    return lx.setup(key, seed_model)[0]
 
 
-def test_seed_example_ties_by_identity(ps):
+def test_seed_example_ties_by_identity(ps, seed_model):
     shared = share_parameters(ps, (("d3.l2", "d1"), ("d2", "d3.l1")))
     assert shared["d3"]["l2"]["weight"] is shared["d1"]["weight"]
     assert shared["d3"]["l2"]["bias"] is shared["d1"]["bias"]
@@ -34,7 +26,7 @@ def test_seed_example_ties_by_identity(ps):
     # structure and key order unchanged; the model runs
     assert list(shared) == ["d1", "d3", "d2"]
     assert jax.tree.structure(shared) == jax.tree.structure(ps)
-    y, _ = seed_model()(jnp.ones((3, 2)), shared, lx.setup(jax.random.key(1), seed_model())[1])
+    y, _ = seed_model(jnp.ones((3, 2)), shared, lx.setup(jax.random.key(1), seed_model)[1])
     assert y.shape == (3, 2)
 
 

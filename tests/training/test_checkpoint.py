@@ -19,14 +19,6 @@ from luxjax.training import TrainState, load, load_train_state, save, save_train
 SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
 
 
-def seed_model():
-    return lx.Chain(
-        d1=lx.Dense(2, 4, jnp.tanh),
-        d3=lx.Chain(l1=lx.Dense(4, 2), l2=lx.Dense(2, 4)),
-        d2=lx.Dense(4, 2),
-    )
-
-
 def assert_trees_equal(a, b):
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -34,8 +26,8 @@ def assert_trees_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_round_trip_keeps_values_order_and_ties(key, tmp_path):
-    ps, st = lx.setup(key, seed_model())
+def test_round_trip_keeps_values_order_and_ties(key, tmp_path, seed_model):
+    ps, st = lx.setup(key, seed_model)
     ps = share_parameters(ps, (("d3.l2", "d1"), ("d2", "d3.l1")))
     path = tmp_path / "model.safetensors"
     save(path, ps, st)
@@ -115,8 +107,8 @@ def test_train_state_round_trip_continues_training(key, tmp_path):
         load(tmp_path / "ts.safetensors")
 
 
-def test_truncated_file_is_a_clear_error(key, tmp_path):
-    ps, st = lx.setup(key, seed_model())
+def test_truncated_file_is_a_clear_error(key, tmp_path, seed_model):
+    ps, st = lx.setup(key, seed_model)
     path = tmp_path / "model.safetensors"
     save(path, ps, st)
     data = path.read_bytes()
@@ -205,8 +197,8 @@ def test_killed_writer_leaves_a_loadable_checkpoint(tmp_path, mode):
         assert values[0] == 1.0 or ps["w"].shape == (2_000_000,)
 
 
-def test_frozen_values_and_ties_round_trip(key, tmp_path):
-    model = seed_model()
+def test_frozen_values_and_ties_round_trip(key, tmp_path, seed_model):
+    model = seed_model
     ps, st = lx.setup(key, model)
     ps = share_parameters(ps, (("d3.l2", "d1"),))
     frozen, ps, st = freeze(model, ps, st, ("d2.weight",))

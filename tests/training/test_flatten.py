@@ -10,22 +10,14 @@ from luxjax.experimental import share_parameters
 from luxjax.training import TrainState, flatten_parameters, single_train_step
 
 
-def seed_model():
-    return lx.Chain(
-        d1=lx.Dense(2, 4, jnp.tanh),
-        d3=lx.Chain(l1=lx.Dense(4, 2), l2=lx.Dense(2, 4)),
-        d2=lx.Dense(4, 2),
-    )
-
-
 @pytest.fixture
-def tied(key):
-    ps, st = lx.setup(key, seed_model())
+def tied(key, seed_model):
+    ps, st = lx.setup(key, seed_model)
     return share_parameters(ps, (("d3.l2", "d1"), ("d2", "d3.l1"))), st
 
 
-def test_untied_tree_flattens_like_ravel_pytree(key):
-    ps, _ = lx.setup(key, seed_model())
+def test_untied_tree_flattens_like_ravel_pytree(key, seed_model):
+    ps, _ = lx.setup(key, seed_model)
     vector, unflatten = flatten_parameters(ps)
     expected, _ = ravel_pytree(ps)
     np.testing.assert_array_equal(vector, expected)
@@ -45,8 +37,8 @@ def test_each_tie_group_is_in_the_vector_once(tied):
     assert jax.tree.structure(back) == jax.tree.structure(ps)
 
 
-def test_explicit_ties_are_applied_first(key):
-    ps, _ = lx.setup(key, seed_model())
+def test_explicit_ties_are_applied_first(key, seed_model):
+    ps, _ = lx.setup(key, seed_model)
     vector, unflatten = flatten_parameters(ps, ties=(("d3.l2", "d1"),))
     assert vector.shape == (44 - 12,)
     back = unflatten(vector)
@@ -54,10 +46,10 @@ def test_explicit_ties_are_applied_first(key):
     np.testing.assert_array_equal(back["d1"]["weight"], ps["d3"]["l2"]["weight"])
 
 
-def test_vector_gradient_descent_keeps_ties_and_matches_training(tied):
+def test_vector_gradient_descent_keeps_ties_and_matches_training(tied, seed_model):
     # plain gradient descent on the vector equals luxjax's sgd on the tied tree
     ps, st = tied
-    model = seed_model()
+    model = seed_model
     x = jax.random.normal(jax.random.key(2), (8, 2))
     y = jnp.cos(x)
 
