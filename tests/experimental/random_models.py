@@ -39,8 +39,8 @@ class Pair(lx.ContainerLayer):
     conv: lx.Layer
 
     def __call__(self, x, ps, st):
-        y, st_dense = lx.core.call_child(self, "dense", x, ps, st)
-        y, st_conv = lx.core.call_child(self, "conv", y, ps, st)
+        y, st_dense = self.call("dense", x, ps, st)
+        y, st_conv = self.call("conv", y, ps, st)
         return y, {"dense": st_dense, "conv": st_conv}
 
 
@@ -65,8 +65,8 @@ class Gated(lx.ContainerLayer):
         return {**super().init_params(key), "gate": jax.random.uniform(own, (DIMS,))}
 
     def __call__(self, x, ps, st):
-        a, st_left = lx.core.call_child(self, "left", x, ps, st)
-        b, st_right = lx.core.call_child(self, "right", x, ps, st)
+        a, st_left = self.call("left", x, ps, st)
+        b, st_right = self.call("right", x, ps, st)
         g = jnp.reshape(ps["gate"], (1, -1))
         return g * a + (1 - g) * b, {"left": st_left, "right": st_right}
 

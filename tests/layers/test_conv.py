@@ -54,13 +54,13 @@ def test_conv_matches_hand_written_sum(key):
     ("model", "expected"),
     [
         (lx.Conv((3, 3), 1, 16, jax.nn.relu), "Conv((3, 3), 1 => 16, relu)"),
-        (lx.Conv((3, 3), 1, 16, padding=1, stride=2), "Conv((3, 3), 1 => 16, pad=1, stride=2)"),
+        (lx.Conv((3, 3), 1, 16, padding=1, stride=2), "Conv((3, 3), 1 => 16, padding=1, stride=2)"),
         (
             lx.Conv(5, 4, 4, padding="same", dilation=2, groups=4),
-            'Conv((5,), 4 => 4, pad="SAME", dilation=2, groups=4)',
+            'Conv((5,), 4 => 4, padding="SAME", dilation=2, groups=4)',
         ),
-        (lx.Conv((3, 3), 1, 2, padding=(1, 0), use_bias=False), "Conv((3, 3), 1 => 2, pad=(1, 0), use_bias=False)"),
-        (lx.Conv((2, 2), 1, 2, padding=((0, 1), (0, 1))), "Conv((2, 2), 1 => 2, pad=((0, 1), (0, 1)))"),
+        (lx.Conv((3, 3), 1, 2, padding=(1, 0), use_bias=False), "Conv((3, 3), 1 => 2, padding=(1, 0), use_bias=False)"),
+        (lx.Conv((2, 2), 1, 2, padding=((0, 1), (0, 1))), "Conv((2, 2), 1 => 2, padding=((0, 1), (0, 1)))"),
         (lx.ConvTranspose((2, 2), 8, 4, stride=(2, 1)), "ConvTranspose((2, 2), 8 => 4, stride=(2, 1))"),
         (
             lx.ConvTranspose(3, 1, 1, stride=2, output_padding=1),
@@ -133,7 +133,7 @@ def test_conv_rejects_bad_configuration():
         lx.Conv((3, 3), 1, 1, stride=(1, 2, 3))
     with pytest.raises(lx.ConfigError, match=r"Conv: `padding` must have one \(lo, hi\) pair per spatial axis \(2\)"):
         lx.Conv((3, 3), 1, 1, padding=((1, 1),))
-    with pytest.raises(lx.ConfigError, match=r"Conv: `in_channels` must be an int >= 1"):
+    with pytest.raises(lx.ConfigError, match=r"Conv: `in_channels` must be a positive int, got 0"):
         lx.Conv(3, 0, 1)
     with pytest.raises(lx.ConfigError, match=r"ConvTranspose: `output_padding` \(2,\) must be smaller than the stride"):
         lx.ConvTranspose(3, 1, 1, stride=2, output_padding=2)

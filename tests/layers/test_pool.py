@@ -55,8 +55,8 @@ def test_adaptive_pool_uses_pytorch_windows():
     ("model", "expected"),
     [
         (lx.MaxPool((2, 2)), "MaxPool((2, 2))"),
-        (lx.MaxPool(3, stride=1, padding=1), "MaxPool((3,), pad=1, stride=1)"),
-        (lx.MeanPool((2, 2), padding="valid", stride=(1, 2)), 'MeanPool((2, 2), pad="VALID", stride=(1, 2))'),
+        (lx.MaxPool(3, stride=1, padding=1), "MaxPool((3,), padding=1, stride=1)"),
+        (lx.MeanPool((2, 2), padding="valid", stride=(1, 2)), 'MeanPool((2, 2), padding="VALID", stride=(1, 2))'),
         (lx.GlobalMeanPool(), "GlobalMeanPool()"),
         (lx.AdaptiveMaxPool((4, 4)), "AdaptiveMaxPool((4, 4))"),
         (lx.AdaptiveMeanPool(2), "AdaptiveMeanPool((2,))"),
@@ -72,7 +72,7 @@ def test_pool_rejects_window_larger_than_input():
         match=r"MaxPool\(\(3, 3\)\): window \(3, 3\) is larger than the padded input's spatial size \(2, 5\)",
     ):
         lx.MaxPool((3, 3))(jnp.ones((1, 2, 5, 1)), {}, {})
-    with pytest.raises(lx.ShapeError, match=r"MeanPool\(\(4,\), pad=1\): window \(4,\) is larger than .* \(3,\)"):
+    with pytest.raises(lx.ShapeError, match=r"MeanPool\(\(4,\), padding=1\): window \(4,\) is larger than .* \(3,\)"):
         lx.MeanPool(4, padding=1)(jnp.ones((1, 1, 1)), {}, {})
 
 

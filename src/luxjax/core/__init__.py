@@ -1,4 +1,4 @@
-"""The layer contract; imports nothing from luxjax's other packages."""
+"""The layer contract, the walker over layers and the tree algebra; imports nothing from luxjax's other packages."""
 
 from ._display import display as display
 from ._display import function_name as function_name
@@ -13,15 +13,29 @@ from ._keypath import KeyPath as KeyPath
 from ._layer import ContainerLayer as ContainerLayer
 from ._layer import Layer as Layer
 from ._layer import WrapperLayer as WrapperLayer
-from ._layer import call_child as call_child
-from ._layer import call_located as call_located
 from ._layer import check_layer_argument as check_layer_argument
+from ._layer import field as field
 from ._setup import apply as apply
 from ._setup import parameter_count as parameter_count
 from ._setup import setup as setup
 from ._setup import state_count as state_count
 from ._setup import stateless_apply as stateless_apply
+from ._share import share_parameters as share_parameters
 from ._state import Training as Training
 from ._state import testmode as testmode
 from ._state import trainmode as trainmode
 from ._state import update_state as update_state
+from ._tree import Groups as Groups
+from ._tree import copy_dicts as copy_dicts
+from ._tree import is_array as is_array
+from ._tree import leaves_with_paths as leaves_with_paths
+from ._tree import replace_at as replace_at
+from ._tree import tie as tie
+from ._tree import tied_groups as tied_groups
+from ._walk import abstract_init as abstract_init
+from ._walk import assembled as assembled
+from ._walk import count_tree as count_tree
+from ._walk import dummy_key as dummy_key
+from ._walk import iter_layers as iter_layers
+from ._walk import map_layers as map_layers
+from ._walk import misfit as misfit

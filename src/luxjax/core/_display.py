@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from ._layer import Layer
-from ._setup import parameter_count, state_count
+from ._walk import count
+
+Layer = Any  # any luxjax layer; this module reads only the layer protocol (children, is_wrapper, repr)
 
 _COMMENT_COLUMN = 50
 _AUTO_NAME = re.compile(r"layer_(\d+)")
 
 
 def _counts(layer: Layer, times: int = 1) -> str:
-    params, states = parameter_count(layer), state_count(layer)
+    params, states = count(layer, "params"), count(layer, "state")
     if params == 0 and states == 0:
         return ""
 
@@ -36,9 +38,9 @@ def _runs(children: dict[str, Layer]) -> list[tuple[str, Layer, int]]:
     while i < len(items):
         name, child = items[i]
         match = _AUTO_NAME.fullmatch(name)
+        first = int(match.group(1)) if match else 0
         j = i + 1
         if match and _is_one_line(child):
-            first = int(match.group(1))
             while j < len(items) and items[j][0] == f"layer_{first + j - i}" and items[j][1] == child:
                 j += 1
         label = name if j == i + 1 else f"layer_({first}-{first + j - i - 1})"
@@ -67,7 +69,7 @@ def _align(lines: list[tuple[str, str]]) -> str:
 
 def display(model: Layer) -> str:
     """Returns what `print(model)` shows: the tree of layers with counts, as Lux prints it."""
-    total = f"{parameter_count(model):_} parameters, plus {state_count(model):_} states."
+    total = f"{count(model, 'params'):_} parameters, plus {count(model, 'state'):_} states."
     if _is_one_line(model):
         counts = _counts(model)
         return f"{model!r}  # {counts}" if counts else repr(model)

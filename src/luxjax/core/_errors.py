@@ -1,4 +1,4 @@
-"""The errors luxjax raises, defined in one place."""
+"""The errors luxjax raises, defined in one place (and shown as `luxjax.ShapeError`, etc.)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ from ._keypath import KeyPath
 class LayerError(Exception):
     """An error raised by a layer while it runs; it learns its path as it propagates.
 
-    Containers prepend the child's name to `path` on the way out, so the message names
-    where in the model the failing layer sits: `Dense(3 => 4) at encoder.layer_2: ...`.
+    Containers prepend the child's name to `path` on the way out (`ContainerLayer.call`), so
+    the message names where in the model the failing layer sits:
+    `Dense(3 => 4) at encoder.layer_2: ...`. Give `path` when the place is already known.
     """
 
-    def __init__(self, layer: Any, detail: str):
+    def __init__(self, layer: Any, detail: str, *, path: KeyPath | None = None):
         super().__init__(detail)
         self.layer_repr = repr(layer)
         self.detail = detail
-        self.path = KeyPath()
+        self.path = KeyPath() if path is None else path
 
     def __str__(self) -> str:
         where = f" at {self.path}" if self.path else ""
@@ -30,7 +31,7 @@ class ShapeError(LayerError, ValueError):
 
 
 class StructureError(LayerError, ValueError):
-    """A `ps` or `st` tree whose keys do not fit the layer."""
+    """A `ps` or `st` tree whose keys or shapes do not fit the layer."""
 
 
 class ConfigError(ValueError):
@@ -47,3 +48,7 @@ class NaNError(FloatingPointError):
 
 class CheckpointError(ValueError):
     """A file that is not a complete luxjax checkpoint (truncated, foreign or from a newer format)."""
+
+
+for _error in (LayerError, ShapeError, StructureError, ConfigError, NotALayerError, NaNError, CheckpointError):
+    _error.__module__ = "luxjax"

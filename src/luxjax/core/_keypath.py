@@ -23,6 +23,8 @@ class KeyPath(tuple):
         KeyPath('chain', 'dense_1', 'weight')
         >>> lx.KeyPath.parse("chain.dense_1") == path
         True
+        >>> lx.KeyPath().label()
+        'the root'
     """
 
     def __new__(cls, *keys: str) -> KeyPath:
@@ -38,6 +40,15 @@ class KeyPath(tuple):
             raise TypeError(f"KeyPath.parse expects a dotted string such as 'chain.dense_1', got {dotted!r}.")
         return cls(*dotted.split(".")) if dotted else cls()
 
+    @classmethod
+    def from_jax(cls, jax_path: Any) -> KeyPath:
+        """Converts a path from `jax.tree_util.tree_flatten_with_path` (dict keys, indices, attributes)."""
+        return cls(*(str(next((getattr(k, a) for a in ("key", "idx", "name") if hasattr(k, a)), k)) for k in jax_path))
+
+    def label(self) -> str:
+        """How messages name the place: the dotted path, or `the root` for the empty path."""
+        return str(self) or "the root"
+
     def __truediv__(self, key: str) -> KeyPath:
         return KeyPath(*self, key)
 
@@ -52,7 +63,7 @@ class KeyPath(tuple):
         """Returns the entry of the nested-dict `tree` at this path."""
         for depth, key in enumerate(self):
             if not isinstance(tree, dict) or key not in tree:
-                where = str(KeyPath(*self[:depth])) or "the root"
+                where = KeyPath(*self[:depth]).label()
                 have = ", ".join(repr(k) for k in tree) if isinstance(tree, dict) else f"a {type(tree).__name__}"
                 raise KeyError(f"no key {key!r} at {where} of path {self}; found {have}.")
             tree = tree[key]

@@ -3,23 +3,75 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, cast, dataclass_transform
 
 import jax
 
+from ._display import display
 from ._errors import LayerError, NotALayerError, StructureError
 from ._keypath import KeyPath
+from ._walk import assembled
+
+# Ids of the layers whose constructor is running: only they may assign their fields.
+_BUILDING: set[int] = set()
 
 
-class Layer:
+def field(*, converter: Callable[[Any], Any] | None = None, **kwargs: Any) -> Any:
+    """A layer field, as `dataclasses.field`, with an optional `converter` applied on assignment.
+
+    The converter runs on the value given to the constructor (and on any assignment in
+    `__post_init__`), so the field always holds the converted value: a list given for a
+    tuple field is stored as a tuple, and layers stay hashable.
+
+    Example:
+        >>> import luxjax as lx
+        >>> class Widths(lx.Layer):
+        ...     widths: tuple[int, ...] = lx.core.field(converter=tuple)
+        >>> Widths([1, 2]).widths
+        (1, 2)
+    """
+    metadata = dict(kwargs.pop("metadata", None) or {})
+    if converter is not None:
+        metadata["converter"] = converter
+    return dataclasses.field(metadata=metadata, **kwargs)
+
+
+class _LayerMeta(type):
+    """Opens a layer's fields for assignment while its constructor runs, and closes them after."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        layer = cls.__new__(cls)
+        _BUILDING.add(id(layer))
+        try:
+            layer.__init__(*args, **kwargs)
+        finally:
+            _BUILDING.discard(id(layer))
+        return layer
+
+
+def _scoped(call: Callable) -> Callable:
+    @functools.wraps(call)
+    def scoped(self: Layer, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
+        with jax.named_scope(type(self).__name__):
+            return call(self, x, ps, st)
+
+    return scoped
+
+
+@dataclass_transform(field_specifiers=(dataclasses.field, field))
+class Layer(metaclass=_LayerMeta):
     """Base class of every layer: an immutable description, never holding arrays.
 
-    Subclasses are turned into frozen dataclasses automatically, so declaring the
-    configuration as annotated fields is all a layer needs. Layers are hashable and equal
-    by value, so they can be static arguments of `jax.jit`; they are also registered as
-    pytrees with no leaves, so passing a model through `jax.jit` as an ordinary argument
-    works too (a new model value retraces).
+    Subclasses are turned into dataclasses automatically, so declaring the configuration as
+    annotated fields is all a layer needs. A constructor (the generated one, `__post_init__`
+    or an `__init__` of its own) assigns the fields as usual, e.g. to normalise an argument;
+    afterwards the layer is immutable. Layers are hashable and equal by value, so they can be
+    static arguments of `jax.jit`; they are also registered as pytrees with no leaves, so
+    passing a model through `jax.jit` as an ordinary argument works too (a new model value
+    retraces). Every `__call__` runs inside `jax.named_scope(<class name>)`, so profiles and
+    HLO name the layer.
 
     A layer implements three methods:
 
@@ -41,10 +93,27 @@ class Layer:
         Array([0., 1., 2.], dtype=float32)
     """
 
+    _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {}
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        dataclasses.dataclass(frozen=True, repr=False, eq=True)(cls)
+        if "__call__" in cls.__dict__:
+            cls.__call__ = _scoped(cls.__dict__["__call__"])
+        dataclasses.dataclass(repr=False, eq=True, unsafe_hash=True)(cls)
+        fields = dataclasses.fields(cast(Any, cls))
+        cls._converters = {f.name: f.metadata["converter"] for f in fields if "converter" in f.metadata}
         jax.tree_util.register_static(cls)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if id(self) not in _BUILDING:
+            raise dataclasses.FrozenInstanceError(
+                f"{type(self).__name__} is immutable; make a changed copy: `dataclasses.replace(layer, {name}=...)`."
+            )
+        converter = self._converters.get(name)
+        object.__setattr__(self, name, value if converter is None else converter(value))
+
+    def __delattr__(self, name: str) -> None:
+        raise dataclasses.FrozenInstanceError(f"{type(self).__name__} is immutable; cannot delete `{name}`.")
 
     def init_params(self, key: jax.Array) -> dict:
         """Returns the parameter tree of this layer."""
@@ -56,11 +125,14 @@ class Layer:
         del key
         return {}
 
-    def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
+    def __call__(self, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
         raise NotImplementedError(f"{type(self).__name__} does not implement __call__(x, ps, st).")
 
     # -- structure: leaves have no children ------------------------------------------------
-    is_wrapper = False
+    @property
+    def is_wrapper(self) -> bool:
+        """Whether this layer shares its `ps`/`st` (and its path) with its one child."""
+        return False
 
     def children(self) -> dict[str, Layer]:
         """The named child layers, in order. `ps` has one entry per child (wrappers: none)."""
@@ -68,28 +140,23 @@ class Layer:
 
     def replace_children(self, children: Mapping[str, Layer]) -> Layer:
         """Returns a copy with the given children replaced (used by model surgery)."""
-        if children:
-            return dataclasses.replace(self, **children)
-        return self
+        return dataclasses.replace(cast(Any, self), **children) if children else self
 
     def display_args(self) -> list[str]:
         """Extra configuration lines shown after the children in `print(model)`."""
         return []
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(cast(Any, self)))
         return f"{type(self).__name__}({fields})"
 
     def __str__(self) -> str:
-        from ._display import display
-
         return display(self)
 
 
 def _layer_fields(layer: Layer) -> dict[str, Layer]:
-    return {
-        f.name: getattr(layer, f.name) for f in dataclasses.fields(layer) if isinstance(getattr(layer, f.name), Layer)
-    }
+    values = ((f.name, getattr(layer, f.name)) for f in dataclasses.fields(cast(Any, layer)))
+    return {name: value for name, value in values if isinstance(value, Layer)}
 
 
 class ContainerLayer(Layer):
@@ -97,7 +164,9 @@ class ContainerLayer(Layer):
 
     By default the children are the fields that hold layers, in declaration order, and
     `init_params`/`init_state` give each child its own key. A container may override
-    `init_params` to hold parameters of its own beside its children's.
+    `init_params` to hold parameters of its own beside its children's. Run a child with
+    `self.call(name, x, ps, st)`: it picks the child's entries of `ps` and `st`, names the
+    child in profiles, and an error raised inside names the child's full path.
 
     Example:
         >>> import jax, jax.numpy as jnp, luxjax as lx
@@ -105,27 +174,50 @@ class ContainerLayer(Layer):
         ...     first: lx.Layer
         ...     second: lx.Layer
         ...     def __call__(self, x, ps, st):
-        ...         y, st_first = self.first(x, ps["first"], st["first"])
-        ...         y, st_second = self.second(y, ps["second"], st["second"])
+        ...         y, st_first = self.call("first", x, ps, st)
+        ...         y, st_second = self.call("second", y, ps, st)
         ...         return y, {"first": st_first, "second": st_second}
         >>> model = Twice(lx.Dense(2, 3), lx.Dense(3, 1))
         >>> ps, st = lx.setup(jax.random.key(0), model)
         >>> list(ps)
         ['first', 'second']
+        >>> model(jnp.ones((4, 3)), ps, st)
+        Traceback (most recent call last):
+        ...
+        luxjax.ShapeError: Dense(2 => 3) at first: expected input with last axis 2, got shape (4, 3).
     """
 
     def children(self) -> dict[str, Layer]:
         return _layer_fields(self)
 
+    @assembled
     def init_params(self, key: jax.Array) -> dict:
         children = self.children()
         keys = jax.random.split(key, len(children)) if children else []
         return {name: child.init_params(k) for (name, child), k in zip(children.items(), keys)}
 
+    @assembled
     def init_state(self, key: jax.Array) -> dict:
         children = self.children()
         keys = jax.random.split(key, len(children)) if children else []
         return {name: child.init_state(k) for (name, child), k in zip(children.items(), keys)}
+
+    def call(self, name: str, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
+        """Runs the child `name` on `x` with its entries of `ps` and `st`; returns `(y, child_st)`.
+
+        A `LayerError` raised inside learns the child's name as the first key of its path.
+        """
+        layer = self.children()[name]
+        for tree, what in ((ps, "parameters"), (st, "states")):
+            if not isinstance(tree, Mapping) or name not in tree:
+                found = ", ".join(map(repr, tree)) if isinstance(tree, Mapping) else type(tree).__name__
+                raise StructureError(self, f"{what} have no entry {name!r} for child {layer!r}; found {found}.")
+        with jax.named_scope(name):
+            try:
+                return layer(x, ps[name], st[name])
+            except LayerError as error:
+                error.path = KeyPath(name) + error.path
+                raise
 
 
 class WrapperLayer(Layer):
@@ -147,7 +239,9 @@ class WrapperLayer(Layer):
         ['bias', 'weight']
     """
 
-    is_wrapper = True
+    @property
+    def is_wrapper(self) -> bool:
+        return True
 
     def children(self) -> dict[str, Layer]:
         children = _layer_fields(self)
@@ -163,9 +257,11 @@ class WrapperLayer(Layer):
         """The wrapped child layer."""
         return next(iter(self.children().values()))
 
+    @assembled
     def init_params(self, key: jax.Array) -> dict:
         return self.wrapped.init_params(key)
 
+    @assembled
     def init_state(self, key: jax.Array) -> dict:
         return self.wrapped.init_state(key)
 
@@ -176,23 +272,3 @@ def check_layer_argument(owner: str, value: Any, what: str = "child") -> Layer:
         return value
     hint = " Wrap plain functions as `WrappedFunction(fn)`." if callable(value) else ""
     raise NotALayerError(f"{owner}: {what} must be a luxjax Layer, got {value!r} of type {type(value).__name__}.{hint}")
-
-
-def call_child(owner: Layer, name: str, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
-    """Runs `owner`'s child `name` on its entries of `ps`/`st`, locating any layer error."""
-    layer = owner.children()[name]
-    for tree, what in ((ps, "parameters"), (st, "states")):
-        if not isinstance(tree, Mapping) or name not in tree:
-            found = ", ".join(map(repr, tree)) if isinstance(tree, Mapping) else type(tree).__name__
-            raise StructureError(owner, f"{what} have no entry {name!r} for child {layer!r}; found {found}.")
-    return call_located(layer, KeyPath(name), x, ps[name], st[name], scope=name)
-
-
-def call_located(layer: Layer, path: KeyPath, x: Any, ps: Any, st: Any, *, scope: str) -> tuple[Any, dict]:
-    """Calls `layer` inside a named scope; a `LayerError` raised inside learns `path`."""
-    with jax.named_scope(scope):
-        try:
-            return layer(x, ps, st)
-        except LayerError as error:
-            error.path = path + error.path
-            raise

@@ -5,13 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import numpy as np
 
 from ._errors import NotALayerError
-from ._layer import ContainerLayer, Layer, WrapperLayer
-from ._state import Training
-
-_DUMMY_KEY = jax.random.key(0)
+from ._layer import Layer
+from ._walk import abstract_init, count
 
 
 def _check_model(fn: str, model: Any) -> Layer:
@@ -21,7 +18,7 @@ def _check_model(fn: str, model: Any) -> Layer:
 
 
 def _as_key(fn: str, key: Any) -> jax.Array:
-    if isinstance(key, jax.Array) and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,)):
+    if isinstance(key, jax.Array) and (jax.numpy.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,)):
         return key
     raise TypeError(f"{fn}: `key` must be a PRNG key such as `jax.random.key(0)`, got {key!r}.")
 
@@ -69,7 +66,7 @@ def _empty_state(model: Layer) -> Any:
             f"stateless_apply: {model!r} has {state_count(model)} states; use `apply(model, x, ps, st)` "
             "with the states from `setup`."
         )
-    return jax.eval_shape(model.init_state, _DUMMY_KEY)  # only empty dicts: no arrays to make
+    return abstract_init(model, "state")  # only empty dicts: no arrays to make
 
 
 def stateless_apply(model: Layer, x: Any, ps: dict) -> Any:
@@ -86,30 +83,6 @@ def stateless_apply(model: Layer, x: Any, ps: dict) -> Any:
     return model(x, ps, _empty_state(model))[0]
 
 
-def _count_tree(tree: Any) -> int:
-    leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, Training))
-    return sum(1 if isinstance(leaf, Training) else int(np.prod(leaf.shape, dtype=np.int64)) for leaf in leaves)
-
-
-_COUNTS: dict[tuple[str, Layer], int] = {}
-
-
-def _count(model: Layer, kind: str) -> int:
-    # Containers that keep the default init sum their children; everything else is counted
-    # from the shapes of its own init, never materialising arrays. Equal layers share a count.
-    init = "init_params" if kind == "params" else "init_state"
-    for base in (ContainerLayer, WrapperLayer):
-        if isinstance(model, base) and getattr(type(model), init) is getattr(base, init):
-            return sum(_count(child, kind) for child in model.children().values())
-    try:
-        return _COUNTS[kind, model]
-    except TypeError:  # an unhashable field: count without the cache
-        return _count_tree(jax.eval_shape(getattr(model, init), _DUMMY_KEY))
-    except KeyError:
-        count = _COUNTS[kind, model] = _count_tree(jax.eval_shape(getattr(model, init), _DUMMY_KEY))
-        return count
-
-
 def parameter_count(model: Layer) -> int:
     """The number of trainable scalars of `model` (Lux's `parameterlength`).
 
@@ -120,7 +93,7 @@ def parameter_count(model: Layer) -> int:
         >>> lx.parameter_count(lx.Dense(2, 4))
         12
     """
-    return _count(_check_model("parameter_count", model), "params")
+    return count(_check_model("parameter_count", model), "params")
 
 
 def state_count(model: Layer) -> int:
@@ -131,4 +104,4 @@ def state_count(model: Layer) -> int:
         >>> lx.state_count(lx.Dense(2, 4))
         0
     """
-    return _count(_check_model("state_count", model), "state")
+    return count(_check_model("state_count", model), "state")

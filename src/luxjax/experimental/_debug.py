@@ -1,39 +1,33 @@
-"""Debug mode: `DebugLayer`, `debug_mode` and `raise_nan_errors`, after Lux's `DebugLayer`."""
+"""Debug mode: `DebugLayer`, its checks, `debug_mode` and `raise_nan_errors`, after Lux's `DebugLayer`."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import re
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import ConfigError, KeyPath, Layer, NaNError, WrapperLayer, check_layer_argument
-from ._layer_map import layer_map
+from ..core import ConfigError, KeyPath, Layer, NaNError, WrapperLayer, check_layer_argument, field, map_layers
 
 logger = logging.getLogger("luxjax")
 
 NAN_CHECKS = ("both", "forward", "backward", "none")
+PASSES = ("forward", "backward")
 
 # One entry per checked leaf: (kind, what held it, the leaf's path inside it), kind "NaN"/"Inf".
-Check = tuple[str, str, str]
+Found = tuple[str, str, str]
 
 
-def _check_nan_check(owner: str, nan_check: Any) -> None:
-    if nan_check not in NAN_CHECKS:
-        raise ConfigError(f"{owner}: `nan_check` must be one of {', '.join(map(repr, NAN_CHECKS))}, got {nan_check!r}.")
-
-
-def _key_name(key: Any) -> str:
-    for attr in ("key", "idx", "name"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
+def _check_passes(owner: str, passes: Any) -> None:
+    if not isinstance(passes, tuple) or not set(passes) <= set(PASSES):
+        raise ConfigError(f"{owner}: `passes` must be a tuple of 'forward' and/or 'backward', got {passes!r}.")
 
 
 def _has_nan(leaf: jax.Array) -> jax.Array:
@@ -45,8 +39,99 @@ def _has_nan(leaf: jax.Array) -> jax.Array:
     return jnp.isnan(jnp.max(leaf))
 
 
-def _location(location: KeyPath) -> str:
-    return str(location) or "(root)"
+def _has_inf(leaf: jax.Array) -> jax.Array:
+    return jnp.isinf(leaf).any()
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueCheck:
+    """A check of every floating-point leaf a layer sees: inputs, parameters, states, outputs, gradients.
+
+    `kind` names what is found in messages (`"NaN detected in ..."`); `flag(leaf)` is a
+    boolean scalar, true when the leaf holds it. `passes` says where the check runs: the
+    forward pass (input, parameters, states, output, new state) and/or the backward pass (the
+    incoming gradient of the output and new state, the outgoing gradients of the input,
+    parameters and states).
+    """
+
+    passes: tuple[str, ...] = PASSES
+    kind: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        _check_passes(type(self).__name__, self.passes)
+
+    def flag(self, leaf: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class NaNCheck(ValueCheck):
+    """Reports a NaN in any floating-point leaf (see `ValueCheck`).
+
+    Example:
+        >>> from luxjax.experimental import NaNCheck
+        >>> NaNCheck(passes=("backward",))
+        NaNCheck(passes=('backward',))
+    """
+
+    kind: ClassVar[str] = "NaN"
+
+    def flag(self, leaf: jax.Array) -> jax.Array:
+        return _has_nan(leaf)
+
+
+@dataclasses.dataclass(frozen=True)
+class InfCheck(ValueCheck):
+    """Reports an infinity in any floating-point leaf (see `ValueCheck`).
+
+    Example:
+        >>> from luxjax.experimental import InfCheck
+        >>> InfCheck()
+        InfCheck(passes=('forward', 'backward'))
+    """
+
+    kind: ClassVar[str] = "Inf"
+
+    def flag(self, leaf: jax.Array) -> jax.Array:
+        return _has_inf(leaf)
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorCheck:
+    """Adds a note naming the layer, its location and the pass to an exception raised inside it.
+
+    The exception keeps its type; it is also logged on the `"luxjax"` logger.
+
+    Example:
+        >>> from luxjax.experimental import ErrorCheck
+        >>> ErrorCheck()
+        ErrorCheck(passes=('forward', 'backward'))
+    """
+
+    passes: tuple[str, ...] = PASSES
+
+    def __post_init__(self) -> None:
+        _check_passes("ErrorCheck", self.passes)
+
+
+Check = ValueCheck | ErrorCheck
+
+
+def _as_keypath(path: KeyPath | str | tuple[str, ...]) -> KeyPath:
+    if isinstance(path, KeyPath):
+        return path
+    return KeyPath.parse(path) if isinstance(path, str) else KeyPath(*path)
+
+
+@functools.lru_cache(maxsize=64)
+def checks_for(owner: str, nan_check: Any = "both", error_check: bool = True, check_inf: bool = False) -> tuple:
+    """The checks that Lux's keywords ask for (cached: debug mode builds one `DebugLayer` per leaf)."""
+    if nan_check not in NAN_CHECKS:
+        raise ConfigError(f"{owner}: `nan_check` must be one of {', '.join(map(repr, NAN_CHECKS))}, got {nan_check!r}.")
+    passes = PASSES if nan_check == "both" else () if nan_check == "none" else (nan_check,)
+    checks: list[Check] = [NaNCheck(passes)] if passes else []
+    checks += [InfCheck(passes)] if check_inf and passes else []
+    return (*checks, ErrorCheck()) if error_check else tuple(checks)
 
 
 class DebugLayer(WrapperLayer):
@@ -64,6 +149,10 @@ class DebugLayer(WrapperLayer):
         location: where `layer` sits in the model, the path of its entry in `ps`
             (`debug_mode` fills it in).
         check_inf: also report infinities (default: only NaNs).
+        checks: the checks as data, instead of the three keywords above: a tuple of
+            `NaNCheck`, `InfCheck` and `ErrorCheck`, each saying in which passes it runs.
+            The keywords are shorthand for it: `nan_check="forward", check_inf=True` is
+            `checks=(NaNCheck(("forward",)), InfCheck(("forward",)), ErrorCheck())`.
 
     `ps` and `st`: those of `layer`, unchanged. Outputs and gradients are bit-identical to
     those of `layer` when nothing is found.
@@ -74,7 +163,7 @@ class DebugLayer(WrapperLayer):
     raises its runtime error whose text holds the message; wrap the jitted function with
     `raise_nan_errors` to get the `NaNError` itself. The checks report in program order
     (forward, then backward from the loss), so the first layer where a NaN appears is the
-    one reported. With the backward check on, the layer is a `jax.custom_vjp`, so
+    one reported. With a backward check on, the layer is a `jax.custom_vjp`, so
     forward-mode differentiation (`jax.jvp`, `jax.jacfwd`) of it is not available.
 
     Example:
@@ -92,62 +181,75 @@ class DebugLayer(WrapperLayer):
     layer: Layer
     nan_check: str = "both"
     error_check: bool = True
-    location: KeyPath = KeyPath()
+    location: KeyPath = field(default=KeyPath(), converter=_as_keypath)
     check_inf: bool = False
+    checks: tuple[Check, ...] | None = None
 
     def __post_init__(self) -> None:
         check_layer_argument("DebugLayer", self.layer, "`layer`")
-        _check_nan_check("DebugLayer", self.nan_check)
-        if not isinstance(self.location, KeyPath):
-            location = KeyPath.parse(self.location) if isinstance(self.location, str) else KeyPath(*self.location)
-            object.__setattr__(self, "location", location)
+        derived = checks_for("DebugLayer", self.nan_check, self.error_check, self.check_inf)
+        if self.checks is None:
+            self.checks = derived
+        elif (self.nan_check, self.error_check, self.check_inf) != ("both", True, False):
+            raise ConfigError("DebugLayer: give either `checks` or `nan_check`/`error_check`/`check_inf`, not both.")
+        else:
+            self.checks = tuple(self.checks)
+            for check in self.checks:
+                if not isinstance(check, (ValueCheck, ErrorCheck)):
+                    raise ConfigError(
+                        f"DebugLayer: `checks` must hold NaNCheck, InfCheck or ErrorCheck, got {check!r}."
+                    )
+
+    def _value_checks(self, pass_: str) -> list[ValueCheck]:
+        return [c for c in self.checks or () if isinstance(c, ValueCheck) and pass_ in c.passes]
+
+    def _annotates(self, pass_: str) -> bool:
+        return any(isinstance(c, ErrorCheck) and pass_ in c.passes for c in self.checks or ())
 
     # -- running the wrapped layer -----------------------------------------------------------
     def _noted(self, error: BaseException, pass_: str) -> None:
-        note = f"in layer {self.layer!r} at location {_location(self.location)} ({pass_} pass)"
+        note = f"in layer {self.layer!r} at location {self.location.label()} ({pass_} pass)"
         error.add_note(f"luxjax debug_mode: {type(error).__name__} raised {note}.")
         logger.error("%s raised %s: %s", type(error).__name__, note, error)
 
     def _run(self, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
-        if not self.error_check:
-            return self.layer(x, ps, st)
         try:
             return self.layer(x, ps, st)
         except Exception as error:
-            self._noted(error, "forward")
+            if self._annotates("forward"):
+                self._noted(error, "forward")
             raise
 
     # -- the checks ----------------------------------------------------------------------------
-    def _scan(self, trees: list[tuple[str, Any]], pass_: str) -> tuple[list[Check], list[Any]]:
-        """Flags per floating leaf; raises at once when every flag is already known."""
-        checks: list[Check] = []
+    def _scan(self, trees: list[tuple[str, Any]], pass_: str) -> tuple[list[Found], list[Any]]:
+        """Flags per floating leaf and check; raises at once when every flag is already known."""
+        checks = self._value_checks(pass_)
+        found: list[Found] = []
         flags: list[Any] = []
-        for what, tree in trees:
+        for what, tree in trees if checks else ():
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
                 if not (hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)):
                     continue
-                inside = ".".join(_key_name(k) for k in path)
-                checks.append(("NaN", what, inside))
-                flags.append(_has_nan(leaf))
-                if self.check_inf:
-                    checks.append(("Inf", what, inside))
-                    flags.append(jnp.isinf(leaf).any())
+                inside = str(KeyPath.from_jax(path))
+                for check in checks:
+                    found.append((check.kind, what, inside))
+                    flags.append(check.flag(leaf))
         if not any(isinstance(flag, jax.core.Tracer) for flag in flags):
-            for check, flag in zip(checks, flags):
+            for entry, flag in zip(found, flags):
                 if bool(flag):
-                    raise self._error(check, pass_)
+                    raise self._error(entry, pass_)
             return [], []
-        return checks, flags
+        return found, flags
 
-    def _error(self, check: Check, pass_: str) -> NaNError:
-        kind, what, inside = check
+    def _error(self, found: Found, pass_: str) -> NaNError:
+        kind, what, inside = found
         held = f"{what} ({inside})" if inside else what
         return NaNError(
-            f"{kind} detected in {held} of layer {self.layer!r} at location {_location(self.location)} ({pass_} pass)"
+            f"{kind} detected in {held} of layer {self.layer!r} at location {self.location.label()} ({pass_} pass)"
         )
 
     def _emit(
-        self, checks: list[Check], flags: list[Any], pass_: str, results: Any, after: Any = None
+        self, found: list[Found], flags: list[Any], pass_: str, results: Any, after: Any = None
     ) -> tuple[Any, Any]:
         """One run-time check per layer and pass; returns `results` made to wait for it.
 
@@ -159,7 +261,7 @@ class DebugLayer(WrapperLayer):
         `after` (an earlier check's answer) makes this check wait for that one too. Returns
         the tied results and this check's answer.
         """
-        if not checks:
+        if not found:
             return results, after
         flags_array = jnp.stack(flags)
         pred = flags_array.any() if after is None else jnp.logical_or(flags_array.any(), after)
@@ -167,7 +269,7 @@ class DebugLayer(WrapperLayer):
         def report(values: np.ndarray) -> np.ndarray:
             values = np.asarray(values)
             if values.any():
-                raise _remember(self._error(checks[int(np.argmax(values))], pass_))
+                raise _remember(self._error(found[int(np.argmax(values))], pass_))
             return np.zeros((), np.bool_)
 
         def fail(f: jax.Array) -> jax.Array:
@@ -183,56 +285,43 @@ class DebugLayer(WrapperLayer):
 
         return jax.tree.map(tie, results), failed
 
-    def _forward(self, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
-        """Runs the layer with the forward checks (no custom backward pass)."""
-        check = self.nan_check in ("both", "forward")
-        checks, flags = self._scan([("input", x), ("parameters", ps), ("states", st)], "forward") if check else ([], [])
-        y, new_st = self._run(x, ps, st)
-        if check:
-            more_checks, more_flags = self._scan([("output", y), ("new state", new_st)], "forward")
-            y, _ = self._emit(checks + more_checks, flags + more_flags, "forward", y)
-        return y, new_st
+    def _forward(self, run: Callable, x: Any, ps: Any, st: Any) -> tuple[Any, Any, Any]:
+        """Runs `run(x, ps, st) -> ((y, new_st), extra)` inside the forward checks: `((y, new_st), extra, answer)`."""
+        found, flags = self._scan([("input", x), ("parameters", ps), ("states", st)], "forward")
+        (y, new_st), extra = run(x, ps, st)
+        more_found, more_flags = self._scan([("output", y), ("new state", new_st)], "forward")
+        y, failed = self._emit(found + more_found, flags + more_flags, "forward", y)
+        return (y, new_st), extra, failed
 
     def __call__(self, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
-        with jax.named_scope("DebugLayer"):
-            if self.nan_check not in ("both", "backward"):
-                return self._forward(x, ps, st)
-            return self._checked_vjp()(x, ps, st)
+        if not self._value_checks("backward") and not self._annotates("backward"):
+            return self._forward(lambda *args: (self._run(*args), None), x, ps, st)[0]
+        return self._checked_vjp()(x, ps, st)
 
     def _checked_vjp(self) -> Callable:
-        forward_check = self.nan_check == "both"
-
         @jax.custom_vjp
         def run(x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
-            return self._forward(x, ps, st) if forward_check else self._run(x, ps, st)
+            return self._forward(lambda *args: (self._run(*args), None), x, ps, st)[0]
 
         def run_fwd(x: Any, ps: Any, st: Any) -> tuple[tuple[Any, Any], Any]:
-            check = forward_check
-            checks, flags = (
-                self._scan([("input", x), ("parameters", ps), ("states", st)], "forward") if check else ([], [])
-            )
-            (y, new_st), vjp = jax.vjp(self._run, x, ps, st)
-            failed = None
-            if check:
-                more_checks, more_flags = self._scan([("output", y), ("new state", new_st)], "forward")
-                y, failed = self._emit(checks + more_checks, flags + more_flags, "forward", y)
+            out, vjp, failed = self._forward(lambda *args: jax.vjp(self._run, *args), x, ps, st)
             # The forward check's answer is a residual that the backward check waits for, so
             # every backward check runs after it, even where the output itself is unused.
-            return (y, new_st), (vjp, jnp.zeros((), jnp.bool_) if failed is None else failed)
+            return out, (vjp, jnp.zeros((), jnp.bool_) if failed is None else failed)
 
         def run_bwd(residuals: Any, cotangent: tuple[Any, Any]) -> tuple[Any, Any, Any]:
             vjp, forward_failed = residuals
             ct_y, ct_st = cotangent
-            checks, flags = self._scan(
+            found, flags = self._scan(
                 [("incoming gradient of output", ct_y), ("incoming gradient of new state", ct_st)], "backward"
             )
             try:
                 grads = vjp(cotangent)
             except Exception as error:
-                if self.error_check:
+                if self._annotates("backward"):
                     self._noted(error, "backward")
                 raise
-            more_checks, more_flags = self._scan(
+            more_found, more_flags = self._scan(
                 [
                     ("gradient of input", grads[0]),
                     ("gradient of parameters", grads[1]),
@@ -241,13 +330,15 @@ class DebugLayer(WrapperLayer):
                 "backward",
             )
             # All gradients are tied: the input gradient may be dropped (not differentiated).
-            return self._emit(checks + more_checks, flags + more_flags, "backward", grads, forward_failed)[0]
+            return self._emit(found + more_found, flags + more_flags, "backward", grads, forward_failed)[0]
 
         run.defvjp(run_fwd, run_bwd)
         return run
 
     def __repr__(self) -> str:
         settings = [repr(self.layer)]
+        if self.checks != checks_for("DebugLayer", self.nan_check, self.error_check, self.check_inf):
+            settings.append(f"checks={self.checks!r}")
         if self.nan_check != "both":
             settings.append(f"nan_check={self.nan_check!r}")
         if not self.error_check:
@@ -258,23 +349,14 @@ class DebugLayer(WrapperLayer):
         return f"DebugLayer({', '.join(settings)})"
 
 
-def _strip(model: Layer) -> Layer:
-    """The model with every `DebugLayer` replaced by the layer inside it."""
-    while isinstance(model, DebugLayer):
-        model = model.layer
-    children = model.children()
-    if not children:
-        return model
-    return model.replace_children({name: _strip(child) for name, child in children.items()})
-
-
 def debug_mode(model: Layer, nan_check: str = "both", error_check: bool = True, check_inf: bool = False) -> Layer:
     """Wraps every leaf layer of `model` in a `DebugLayer` that knows its location.
 
     The location of each leaf is the path of its entry in `ps` (as in `layer_map`), so a
     message names e.g. `layer_2.layer_2`. The debug model takes the original `ps` and `st`
     unchanged and computes the same outputs and gradients. A model already in debug mode is
-    re-wrapped with the new settings: `DebugLayer`s are never nested.
+    re-wrapped with the new settings: `DebugLayer`s are never nested. Only the layer tree is
+    walked (no tree of shapes is built), so this is about as cheap as `layer_map`.
 
     Args:
         model: any luxjax layer.
@@ -301,15 +383,17 @@ def debug_mode(model: Layer, nan_check: str = "both", error_check: bool = True, 
         ...     print(error)
         NaN detected in parameters (weight) of layer Dense(3 => 1) at location layer_2.layer_2 (forward pass)
     """
-    _check_nan_check("debug_mode", nan_check)
-    plain = _strip(model)
-    key = jax.random.key(0)
-    ps, st = jax.eval_shape(lambda: (plain.init_params(key), plain.init_state(key)))
+    checks_for("debug_mode", nan_check, error_check, check_inf)  # the keywords' errors name debug_mode
 
-    def wrap(layer: Layer, ps: Any, st: Any, path: KeyPath) -> tuple[Layer, Any, Any]:
-        return DebugLayer(layer, nan_check, error_check, path, check_inf), ps, st
+    def is_debug(layer: Layer) -> bool:
+        return isinstance(layer, DebugLayer)
 
-    return layer_map(wrap, plain, ps, st)[0]
+    def wrap(layer: Layer, path: KeyPath) -> Layer:
+        if isinstance(layer, DebugLayer):  # already in debug mode: re-wrap what is inside
+            return map_layers(wrap, layer.layer, path, is_leaf=is_debug)
+        return DebugLayer(layer, nan_check, error_check, path, check_inf)
+
+    return map_layers(wrap, model, is_leaf=is_debug)
 
 
 # -- re-raising the NaNError from JAX's run-time error ------------------------------------------

@@ -7,8 +7,17 @@ from typing import Any
 
 import jax
 
-from ..core import KeyPath, Layer, StructureError, call_located, check_layer_argument, parameter_count
-from ._layer_map import _entry, _template, layer_map, map_leaves
+from ..core import (
+    KeyPath,
+    Layer,
+    StructureError,
+    abstract_init,
+    check_layer_argument,
+    field,
+    map_layers,
+    parameter_count,
+)
+from ._layer_map import _entry, layer_map
 
 Names = tuple[str, ...] | None
 Where = Callable[[KeyPath, Layer], Any]
@@ -46,14 +55,12 @@ class FrozenLayer(Layer):
     """
 
     layer: Layer
-    which_params: Names = None
+    which_params: Names = field(default=None, converter=lambda names: _normalise("FrozenLayer", names))
 
     def __post_init__(self) -> None:
         check_layer_argument("FrozenLayer", self.layer, "`layer`")
-        names = _normalise("FrozenLayer", self.which_params)
-        object.__setattr__(self, "which_params", names)
-        if names is not None:
-            _check_names("FrozenLayer", self.layer, _template(self.layer, "parameters"), names, KeyPath())
+        if self.which_params is not None:
+            _check_names("FrozenLayer", self.layer, abstract_init(self.layer, "params"), self.which_params, KeyPath())
 
     def _paths(self) -> list[KeyPath] | None:
         return None if self.which_params is None else [KeyPath.parse(n) for n in self.which_params]
@@ -67,11 +74,10 @@ class FrozenLayer(Layer):
         return {"frozen_params": frozen, "states": self.layer.init_state(key_st)}
 
     def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
-        with jax.named_scope("FrozenLayer"):
-            _check_frozen_state(self, st)
-            frozen = jax.lax.stop_gradient(st["frozen_params"])
-            merged = _merge(_template(self.layer, "parameters"), ps, frozen)
-            y, inner_st = call_located(self.layer, KeyPath(), x, merged, st["states"], scope="layer")
+        _check_frozen_state(self, st)
+        frozen = jax.lax.stop_gradient(st["frozen_params"])
+        merged = _merge(abstract_init(self.layer, "params"), ps, frozen)
+        y, inner_st = self.layer(x, merged, st["states"])
         return y, {"frozen_params": st["frozen_params"], "states": inner_st}
 
     def __repr__(self) -> str:
@@ -122,17 +128,18 @@ def freeze(layer: Layer, *args: Any, which_params: Names = _MISSING, where: Wher
         if which_params is not _MISSING:
             raise TypeError("freeze: `which_params` given twice, by position and by name.")
         which_params = args[-1]
-    ps, st = (args[0], args[1]) if len(args) >= 2 else (None, None)
+    check_layer_argument("freeze", layer, "`layer`")
     four = len(args) >= 2
+    # The two-argument form is the four-argument one on the trees' shapes.
+    ps, st = (args[0], args[1]) if four else (abstract_init(layer, "params"), abstract_init(layer, "state"))
     if where is not None:
         if which_params is not _MISSING and which_params is not None:
             raise TypeError("freeze: give either `which_params` or `where`, not both.")
-        return _freeze_where(layer, ps, st, where, four)
-    names = _normalise("freeze", None if which_params is _MISSING else which_params)
-    if names == ():
-        return (layer, ps, st) if four else layer
-    paths = None if names is None else [KeyPath.parse(n) for n in names]
-    result = _freeze(check_layer_argument("freeze", layer, "`layer`"), ps, st, paths, KeyPath(), four)
+        result = _freeze_where(layer, ps, st, where)
+    else:
+        names = _normalise("freeze", None if which_params is _MISSING else which_params)
+        paths = None if names is None else [KeyPath.parse(n) for n in names]
+        result = (layer, ps, st) if names == () else _freeze(layer, ps, st, paths, KeyPath())
     return result if four else result[0]
 
 
@@ -156,7 +163,7 @@ def unfreeze(model: Layer, ps: Any = None, st: Any = None) -> Any:
     """
     check_layer_argument("unfreeze", model, "`model`")
     if ps is None and st is None:
-        return map_leaves(lambda layer, path: unfreeze(layer.layer) if isinstance(layer, FrozenLayer) else layer, model)
+        return map_layers(lambda layer, path: unfreeze(layer.layer) if isinstance(layer, FrozenLayer) else layer, model)
     if ps is None or st is None:
         raise TypeError("unfreeze takes (model) or (model, ps, st); give both `ps` and `st`.")
 
@@ -164,7 +171,7 @@ def unfreeze(model: Layer, ps: Any = None, st: Any = None) -> Any:
         if not isinstance(layer, FrozenLayer):
             return layer, ps, st
         _check_frozen_state(layer, st, path)
-        merged = _merge(_template(layer.layer, "parameters"), ps, st["frozen_params"])
+        merged = _merge(abstract_init(layer.layer, "params"), ps, st["frozen_params"])
         return unfreeze(layer.layer, merged, st["states"])
 
     return layer_map(f, model, ps, st)
@@ -173,20 +180,20 @@ def unfreeze(model: Layer, ps: Any = None, st: Any = None) -> Any:
 # -- freezing, structurally ----------------------------------------------------------------------
 
 
-def _freeze(layer: Layer, ps: Any, st: Any, paths: list[KeyPath] | None, here: KeyPath, four: bool) -> tuple:
+def _freeze(layer: Layer, ps: Any, st: Any, paths: list[KeyPath] | None, here: KeyPath) -> tuple[Layer, Any, Any]:
     whole = paths is None or any(not p for p in paths)
     if isinstance(layer, FrozenLayer):
         if layer.which_params is None:
             return layer, ps, st
-        inner, ps, st = unfreeze(layer, ps, st) if four else (layer.layer, None, None)
+        inner, ps, st = unfreeze(layer, ps, st)
         old = [KeyPath.parse(n) for n in layer.which_params]
-        return _freeze_here(inner, ps, st, None if whole else old + list(paths), here, four)
-    if whole:
-        return _freeze_here(layer, ps, st, None, here, four)
+        return _freeze_here(inner, ps, st, None if whole or paths is None else old + paths, here)
+    if whole or paths is None:
+        return _freeze_here(layer, ps, st, None, here)
     children = layer.children()
     if layer.is_wrapper:
         ((name, child),) = children.items()
-        new_child, ps, st = _freeze(child, ps, st, paths, here, four)
+        new_child, ps, st = _freeze(child, ps, st, paths, here)
         return layer.replace_children({name: new_child}), ps, st
     own, by_child = [], {}
     for path in paths:
@@ -195,33 +202,26 @@ def _freeze(layer: Layer, ps: Any, st: Any, paths: list[KeyPath] | None, here: K
         else:
             own.append(path)
     if not children:
-        return _freeze_here(layer, ps, st, own, here, four)
-    new_ps, new_st = (dict(ps), dict(st)) if four else (None, None)
-    new_children = {}
+        return _freeze_here(layer, ps, st, own, here)
+    new_ps, new_st, new_children = dict(ps), dict(st), {}
     for name, sub in by_child.items():
-        child_ps = _entry(layer, ps, name, "parameters", here) if four else None
-        child_st = _entry(layer, st, name, "states", here) if four else None
-        new_children[name], child_ps, child_st = _freeze(children[name], child_ps, child_st, sub, here / name, four)
-        if four:
-            new_ps[name], new_st[name] = child_ps, child_st
+        child_ps = _entry(layer, ps, name, "parameters", here)
+        child_st = _entry(layer, st, name, "states", here)
+        new_children[name], new_ps[name], new_st[name] = _freeze(children[name], child_ps, child_st, sub, here / name)
     layer = layer.replace_children(new_children)
-    if own:
-        return _freeze_here(layer, new_ps, new_st, own, here, four)
-    return layer, new_ps, new_st
+    return _freeze_here(layer, new_ps, new_st, own, here) if own else (layer, new_ps, new_st)
 
 
-def _freeze_here(layer: Layer, ps: Any, st: Any, paths: list[KeyPath] | None, here: KeyPath, four: bool) -> tuple:
+def _freeze_here(layer: Layer, ps: Any, st: Any, paths: list[KeyPath] | None, here: KeyPath) -> tuple:
     names = None if paths is None else tuple(dict.fromkeys(str(p) for p in paths))
     if names is not None:
-        _check_names("freeze", layer, ps if four else _template(layer, "parameters"), names, here)
+        _check_names("freeze", layer, ps, names, here)
     frozen = FrozenLayer(layer, names)
-    if not four:
-        return frozen, None, None
-    trainable, frozen_ps = _split(ps, frozen._paths())
+    trainable, frozen_ps = _split(ps, None if names is None else [KeyPath.parse(n) for n in names])
     return frozen, trainable, {"frozen_params": frozen_ps, "states": st}
 
 
-def _freeze_where(model: Layer, ps: Any, st: Any, where: Where, four: bool) -> Any:
+def _freeze_where(model: Layer, ps: Any, st: Any, where: Where) -> tuple[Layer, Any, Any]:
     if not callable(where):
         raise TypeError(f"freeze: `where` must be a function (path, layer) -> bool or names, got {where!r}.")
 
@@ -231,8 +231,6 @@ def _freeze_where(model: Layer, ps: Any, st: Any, where: Where, four: bool) -> A
             return _normalise("freeze", choice)
         return None if choice and parameter_count(layer) else ()
 
-    if not four:
-        return map_leaves(lambda layer, path: freeze(layer, choose(layer, path)), model)
     return layer_map(lambda layer, ps, st, path: freeze(layer, ps, st, choose(layer, path)), model, ps, st)
 
 
@@ -318,10 +316,9 @@ def _check_frozen_state(layer: FrozenLayer, st: Any, path: KeyPath | None = None
     if isinstance(st, Mapping) and "frozen_params" in st and "states" in st:
         return
     got = f"keys {', '.join(map(repr, st))}" if isinstance(st, Mapping) else f"a {type(st).__name__}"
-    error = StructureError(
+    raise StructureError(
         layer,
         "states must be {'frozen_params': ..., 'states': ...} as `setup` or `freeze(layer, ps, st)` make them, "
         f"got {got}.",
+        path=path or KeyPath(),
     )
-    error.path = path or KeyPath()
-    raise error

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-
-from ..core import ContainerLayer, KeyPath, Layer, NotALayerError, StructureError, Training, WrapperLayer
+from ..core import KeyPath, Layer, NotALayerError, StructureError, abstract_init, iter_layers, misfit
 
 LayerFn = Callable[[Layer, Any, Any, KeyPath], tuple[Layer, Any, Any]]
 
@@ -65,9 +61,8 @@ def _entry(layer: Layer, tree: Any, name: str, what: str, path: KeyPath) -> Any:
     if isinstance(tree, Mapping) and name in tree:
         return tree[name]
     found = ", ".join(map(repr, tree)) if isinstance(tree, Mapping) else f"a {type(tree).__name__}"
-    error = StructureError(layer, f"{what} have no entry {name!r} for child {layer.children()[name]!r}; found {found}.")
-    error.path = path
-    raise error
+    detail = f"{what} have no entry {name!r} for child {layer.children()[name]!r}; found {found}."
+    raise StructureError(layer, detail, path=path)
 
 
 def _map(f: LayerFn, layer: Layer, ps: Any, st: Any, path: KeyPath) -> tuple[Layer, Any, Any]:
@@ -90,122 +85,24 @@ def _map(f: LayerFn, layer: Layer, ps: Any, st: Any, path: KeyPath) -> tuple[Lay
     return (layer.replace_children(new_children) if changed else layer), new_ps, new_st
 
 
-def _where(path: KeyPath) -> str:
-    return str(path) or "the root"
-
-
 def _call_leaf(f: LayerFn, layer: Layer, ps: Any, st: Any, path: KeyPath) -> tuple[Layer, Any, Any]:
     result = f(layer, ps, st, path)
     if not (isinstance(result, tuple) and len(result) == 3 and isinstance(result[0], Layer)):
         raise TypeError(
-            f"layer_map: `f` must return a tuple (layer, ps, st), but at {_where(path)} ({layer!r}) it returned "
+            f"layer_map: `f` must return a tuple (layer, ps, st), but at {path.label()} ({layer!r}) it returned "
             f"{type(result).__name__} {result!r:.200}."
         )
     new_layer, new_ps, new_st = result
     same_layer = new_layer is layer
-    for new, old, what in ((new_ps, ps, "parameters"), (new_st, st, "states")):
+    for new, old, what in ((new_ps, ps, "params"), (new_st, st, "state")):
         if same_layer and new is old:
             continue
-        problem = _misfit(_template(new_layer, what), new)
+        problem = misfit(abstract_init(new_layer, what), new)
         if problem:
-            error = StructureError(new_layer, f"`f` of layer_map returned {what} that do not fit the layer: {problem}")
-            error.path = path
-            raise error
+            named = "parameters" if what == "params" else "states"
+            detail = f"`f` of layer_map returned {named} that do not fit the layer: {problem}"
+            raise StructureError(new_layer, detail, path=path)
     return result
-
-
-# -- does a tree fit a layer? ----------------------------------------------------------------
-
-
-_DUMMY_KEY: list[jax.Array] = []
-
-
-def _key() -> jax.Array:
-    if not _DUMMY_KEY:
-        _DUMMY_KEY.append(jax.random.key(0))
-    return _DUMMY_KEY[0]
-
-
-def _abstract_init(layer: Layer, what: str) -> Any:
-    init = layer.init_params if what == "parameters" else layer.init_state
-    traced: list[Any] = []
-
-    def run(key: jax.Array) -> Any:
-        traced.append(tree := init(key))
-        return tree
-
-    shapes = jax.eval_shape(run, _key())
-    return _in_order(traced[0], shapes)  # eval_shape sorts dict keys; keep the layer's own order
-
-
-def _in_order(order: Any, tree: Any) -> Any:
-    if isinstance(order, Mapping) and isinstance(tree, Mapping):
-        return {k: _in_order(order[k], tree[k]) for k in order if k in tree}
-    return tree
-
-
-@functools.lru_cache(maxsize=4096)
-def _cached_template(layer: Layer, what: str) -> Any:
-    return _abstract_init(layer, what)
-
-
-def _template(layer: Layer, what: str) -> Any:
-    """The shapes of what `layer` initialises (`parameters` or `states`), in its key order, without arrays."""
-    # Wrappers and containers that keep the default init are assembled from their children, so
-    # wrapping many distinct layers (debug mode gives each its own location) traces no init.
-    init = "init_params" if what == "parameters" else "init_state"
-    if isinstance(layer, WrapperLayer) and getattr(type(layer), init) is getattr(WrapperLayer, init):
-        return _template(layer.wrapped, what)
-    if isinstance(layer, ContainerLayer) and getattr(type(layer), init) is getattr(ContainerLayer, init):
-        return {name: _template(child, what) for name, child in layer.children().items()}
-    try:
-        return _cached_template(layer, what)
-    except TypeError as error:  # an unhashable field: no cache
-        if "unhashable" not in str(error):
-            raise
-        return _abstract_init(layer, what)
-
-
-def _shapes(tree: Any) -> dict[str, Any]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, Training))[0]
-    out = {}
-    for key_path, leaf in leaves:
-        name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path) or "(the root)"
-        out[name] = "flag" if isinstance(leaf, Training) else tuple(jnp.shape(leaf))
-    return out
-
-
-def _misfit(template: Any, tree: Any) -> str:
-    """Empty if `tree` has `template`'s structure and shapes, else what differs (dtypes may differ)."""
-    if _skeleton(template) == _skeleton(tree):
-        expected, got = _shapes(template), _shapes(tree)
-        wrong = [f"{k!r} has shape {got[k]}, expected {v}" for k, v in expected.items() if got[k] != v]
-        return "; ".join(wrong[:5]) + ("." if wrong else "")
-    expected, got = _shapes(template), _shapes(tree)
-    missing = [repr(k) for k in expected if k not in got]
-    extra = [repr(k) for k in got if k not in expected]
-    parts = [f"missing {', '.join(missing)}"] if missing else []
-    parts += [f"unexpected {', '.join(extra)}"] if extra else []
-    if not parts:
-        parts = [f"expected the tree {_skeleton(template)}, got {_skeleton(tree)}"]
-    return "; ".join(parts) + "."
-
-
-def _skeleton(tree: Any) -> Any:
-    return jax.tree.structure(jax.tree.map(lambda _: 0, tree, is_leaf=lambda x: isinstance(x, Training)))
-
-
-# -- structure only (no trees) ----------------------------------------------------------------
-
-
-def map_leaves(fn: Callable[[Layer, KeyPath], Layer], model: Layer, path: KeyPath | None = None) -> Layer:
-    """Like `layer_map` on the model alone: `fn(layer, path)` on every leaf, rebuilding the model."""
-    path = KeyPath() if path is None else path
-    children = model.children()
-    if not children:
-        return fn(model, path)
-    new = {name: map_leaves(fn, child, path if model.is_wrapper else path / name) for name, child in children.items()}
-    return model.replace_children(new) if any(new[n] is not c for n, c in children.items()) else model
 
 
 # -- from a path to the layer there -------------------------------------------------------------
@@ -234,20 +131,32 @@ def layer_at(model: Layer, ps: Any, st: Any, path: KeyPath | str | tuple[str, ..
         path = KeyPath.parse(path)
     elif not isinstance(path, KeyPath):
         path = KeyPath(*path)
-    layer, here = model, KeyPath()
-    for name in path:
-        while layer.is_wrapper:  # a wrapper adds no level: the name belongs to the layer inside
-            layer = next(iter(layer.children().values()))
+    outer: dict[KeyPath, Layer] = {}
+    inner: dict[KeyPath, Layer] = {}  # the layer inside any wrappers: the one whose children a path names
+    for here, layer in iter_layers(model):
+        outer.setdefault(here, layer)
+        inner[here] = layer
+    if path not in outer:
+        here = next(path[:depth] for depth in range(len(path), -1, -1) if path[:depth] in inner)
+        layer, name = inner[here], path[len(here)]
         children = layer.children()
-        if name not in children:
-            where = f" at {here}" if here else ""
-            have = f"it has children {', '.join(map(repr, children))}" if children else "it has no child layers"
-            if isinstance(ps, Mapping) and name in ps:
-                have = f"{name!r} is a parameter of it, not a layer"
-            raise KeyError(f"layer_at: no layer at {str(path)!r}: {layer!r}{where} has no child {name!r}; {have}.")
-        if ps is not None:
-            ps = _entry(layer, ps, name, "parameters", here)
-        if st is not None:
-            st = _entry(layer, st, name, "states", here)
-        layer, here = children[name], here / name
-    return layer, ps, st
+        have = f"it has children {', '.join(map(repr, children))}" if children else "it has no child layers"
+        own = _at(model, ps, here, "parameters")
+        if isinstance(own, Mapping) and name in own:
+            have = f"{name!r} is a parameter of it, not a layer"
+        where = f" at {here}" if here else ""
+        raise KeyError(f"layer_at: no layer at {str(path)!r}: {layer!r}{where} has no child {name!r}; {have}.")
+    return outer[path], _at(model, ps, path, "parameters"), _at(model, st, path, "states")
+
+
+def _at(model: Layer, tree: Any, path: KeyPath, what: str) -> Any:
+    """The entry of `tree` at `path` (`None` for no tree), or a `StructureError` naming where it is missing."""
+    if tree is None:
+        return None
+    layer = model
+    for depth, name in enumerate(path):
+        while layer.is_wrapper:
+            layer = next(iter(layer.children().values()))
+        tree = _entry(layer, tree, name, what, path[:depth])
+        layer = layer.children()[name]
+    return tree

@@ -1,19 +1,15 @@
 """`MultiHeadAttention`: scaled dot-product attention over several heads."""
 
+import dataclasses
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from ..core import ConfigError, ContainerLayer, Layer, ShapeError, call_child
+from ..core import ConfigError, ContainerLayer, Layer, ShapeError, check_layer_argument
 from ._dense import Dense
-
-
-def _zeros(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
-    del key
-    return jnp.zeros(shape, dtype)
+from ._util import check_positive, zeros
 
 
 class MultiHeadAttention(ContainerLayer):
@@ -32,6 +28,9 @@ class MultiHeadAttention(ContainerLayer):
         use_bias: whether the four projections have biases.
         return_weights: if `True` the output is `(y, weights)` with the attention weights of
             shape `(batch, num_heads, q_len, kv_len)`; default `False`, so the layer chains.
+        q_proj, k_proj, v_proj, out_proj: the four projections; by default (`None`) each is
+            `Dense(dims => dims)` with a zero-initialised bias. Pass other layers mapping `dims`
+            features to `dims` features (an adapter, a frozen layer) to replace them.
 
     Inputs, by position (a model is called as `model(x, ps, st)`, so the mask travels inside
     the input):
@@ -69,35 +68,26 @@ class MultiHeadAttention(ContainerLayer):
 
     dims: int
     num_heads: int
-    use_bias: bool
-    return_weights: bool
-    q_proj: Layer
-    k_proj: Layer
-    v_proj: Layer
-    out_proj: Layer
+    _: dataclasses.KW_ONLY
+    use_bias: bool = True
+    return_weights: bool = False
+    q_proj: Layer | None = None
+    k_proj: Layer | None = None
+    v_proj: Layer | None = None
+    out_proj: Layer | None = None
 
-    def __init__(self, dims: int, num_heads: int, *, use_bias: bool = True, return_weights: bool = False):
-        for name, value in (("dims", dims), ("num_heads", num_heads)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"MultiHeadAttention: `{name}` must be a positive int, got {value!r}.")
-        if dims % num_heads:
+    def __post_init__(self) -> None:
+        check_positive(self, "dims", "num_heads")
+        if self.dims % self.num_heads:
             raise ConfigError(
-                f"MultiHeadAttention: `dims` ({dims}) must be divisible by `num_heads` ({num_heads}); "
+                f"MultiHeadAttention: `dims` ({self.dims}) must be divisible by `num_heads` ({self.num_heads}); "
                 f"each head gets dims // num_heads features."
             )
-        for name, value in (("dims", dims), ("num_heads", num_heads), ("use_bias", use_bias)):
-            object.__setattr__(self, name, value)
-        object.__setattr__(self, "return_weights", return_weights)
-        # Module-level initialisers keep equal configurations equal (layers compare by value).
-        proj = Dense(dims, dims, use_bias=use_bias, init_bias=_zeros)
+        # A module-level initialiser keeps equal configurations equal (layers compare by value).
+        default = Dense(self.dims, self.dims, use_bias=self.use_bias, init_bias=zeros)
         for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            object.__setattr__(self, name, proj)
-
-    def replace_children(self, children: Mapping[str, Layer]) -> Layer:
-        new = object.__new__(type(self))
-        for field in self.__dataclass_fields__:
-            object.__setattr__(new, field, children.get(field, getattr(self, field)))
-        return new
+            given = getattr(self, name)
+            setattr(self, name, default if given is None else check_layer_argument(type(self).__name__, given, name))
 
     def _inputs(self, x: Any) -> tuple[jax.Array, jax.Array, jax.Array, Any]:
         if not isinstance(x, tuple | list):
@@ -133,26 +123,25 @@ class MultiHeadAttention(ContainerLayer):
         return jnp.broadcast_to(jnp.reshape(mask, (1,) * (4 - len(shape)) + shape), expected)
 
     def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
-        with jax.named_scope("MultiHeadAttention"):
-            query, key, value, mask = self._inputs(x)
-            self._check(query, key, value)
-            batch, q_len, kv_len = query.shape[0], query.shape[1], key.shape[1]
-            heads, head_dims = self.num_heads, self.dims // self.num_heads
-            new_st = {}
-            q, new_st["q_proj"] = call_child(self, "q_proj", query, ps, st)
-            k, new_st["k_proj"] = call_child(self, "k_proj", key, ps, st)
-            v, new_st["v_proj"] = call_child(self, "v_proj", value, ps, st)
-            q = jnp.reshape(q, (batch, q_len, heads, head_dims))
-            k = jnp.reshape(k, (batch, kv_len, heads, head_dims))
-            v = jnp.reshape(v, (batch, kv_len, heads, head_dims))
-            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dims)
-            if mask is not None:
-                mask = self._mask(mask, (batch, heads, q_len, kv_len))
-                scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-            weights = jax.nn.softmax(scores, axis=-1)
-            attended = jnp.reshape(jnp.einsum("bhqk,bkhd->bqhd", weights, v), (batch, q_len, self.dims))
-            y, new_st["out_proj"] = call_child(self, "out_proj", attended, ps, st)
-            return ((y, weights) if self.return_weights else y), new_st
+        query, key, value, mask = self._inputs(x)
+        self._check(query, key, value)
+        batch, q_len, kv_len = query.shape[0], query.shape[1], key.shape[1]
+        heads, head_dims = self.num_heads, self.dims // self.num_heads
+        new_st = {}
+        q, new_st["q_proj"] = self.call("q_proj", query, ps, st)
+        k, new_st["k_proj"] = self.call("k_proj", key, ps, st)
+        v, new_st["v_proj"] = self.call("v_proj", value, ps, st)
+        q = jnp.reshape(q, (batch, q_len, heads, head_dims))
+        k = jnp.reshape(k, (batch, kv_len, heads, head_dims))
+        v = jnp.reshape(v, (batch, kv_len, heads, head_dims))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dims)
+        if mask is not None:
+            mask = self._mask(mask, (batch, heads, q_len, kv_len))
+            scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+        weights = jax.nn.softmax(scores, axis=-1)
+        attended = jnp.reshape(jnp.einsum("bhqk,bkhd->bqhd", weights, v), (batch, q_len, self.dims))
+        y, new_st["out_proj"] = self.call("out_proj", attended, ps, st)
+        return ((y, weights) if self.return_weights else y), new_st
 
     def display_args(self) -> list[str]:
         extra = ["return_weights = True"] if self.return_weights else []

@@ -7,7 +7,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ..core import ConfigError, Layer, ShapeError, function_name
+from ..core import ConfigError, Layer, ShapeError, field, function_name
+from ._util import int_tuple
 
 
 class WrappedFunction(Layer):
@@ -30,8 +31,7 @@ class WrappedFunction(Layer):
 
     def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
         del ps
-        with jax.named_scope("WrappedFunction"):
-            return self.fn(x), st
+        return self.fn(x), st
 
     def __repr__(self) -> str:
         return f"WrappedFunction({function_name(self.fn)})"
@@ -63,13 +63,11 @@ class ReshapeLayer(Layer):
         (4, 2, 3)
     """
 
-    dims: tuple[int, ...]
+    dims: tuple[int, ...] = field(converter=int_tuple)
 
     def __post_init__(self) -> None:
-        dims = (self.dims,) if isinstance(self.dims, int) else tuple(self.dims)
-        if not all(isinstance(d, int) and d >= 1 for d in dims):
+        if not isinstance(self.dims, tuple) or not all(isinstance(d, int) and d >= 1 for d in self.dims):
             raise ConfigError(f"ReshapeLayer: `dims` must be positive ints, got {self.dims!r}.")
-        object.__setattr__(self, "dims", dims)
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
         del ps

@@ -5,16 +5,7 @@ from typing import Any
 
 import jax
 
-from ..core import (
-    ContainerLayer,
-    KeyPath,
-    Layer,
-    NotALayerError,
-    call_child,
-    call_located,
-    check_layer_argument,
-    function_name,
-)
+from ..core import ContainerLayer, Layer, ShapeError, assembled, check_layer_argument, function_name
 
 Children = tuple[tuple[str, Layer], ...]
 
@@ -42,12 +33,14 @@ class _Sequence(ContainerLayer):
     def replace_children(self, children: Mapping[str, Layer]) -> Layer:
         return self._with_layers(tuple((n, children.get(n, layer)) for n, layer in self.layers))
 
+    def _configuration(self) -> tuple[tuple, dict]:
+        """The constructor's arguments other than the children: `(args, kwargs)`."""
+        return (), {}
+
     def _with_layers(self, layers: Children) -> Any:
-        new = object.__new__(type(self))
-        for field in self.__dataclass_fields__:
-            object.__setattr__(new, field, getattr(self, field))
-        object.__setattr__(new, "layers", layers)
-        return new
+        """The same container with other (named) children, built by its own constructor."""
+        args, kwargs = self._configuration()
+        return type(self)(*args, **kwargs, **dict(layers))
 
     def __getitem__(self, index: int | str | slice) -> Any:
         if isinstance(index, slice):
@@ -64,7 +57,7 @@ class _Sequence(ContainerLayer):
     def _run_each(self, inputs: tuple, ps: dict, st: dict) -> tuple[list, dict]:
         outputs, new_st = [], {}
         for (name, _), x in zip(self.layers, inputs):
-            y, new_st[name] = call_child(self, name, x, ps, st)
+            y, new_st[name] = self.call(name, x, ps, st)
             outputs.append(y)
         return outputs, new_st
 
@@ -98,13 +91,12 @@ class Chain(_Sequence):
     """
 
     def __init__(self, *layers: Layer, **named_layers: Layer):
-        object.__setattr__(self, "layers", _named("Chain", layers, named_layers))
+        self.layers = _named("Chain", layers, named_layers)
 
     def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
         new_st = {}
-        with jax.named_scope("Chain"):
-            for name, _ in self.layers:
-                x, new_st[name] = call_child(self, name, x, ps, st)
+        for name, _ in self.layers:
+            x, new_st[name] = self.call(name, x, ps, st)
         return x, new_st
 
     def __repr__(self) -> str:
@@ -136,18 +128,20 @@ class Parallel(_Sequence):
 
     def __init__(self, connection: Callable | None, *layers: Layer, **named_layers: Layer):
         if isinstance(connection, Layer) or not (connection is None or callable(connection)):
-            raise NotALayerError(
+            raise TypeError(
                 f"Parallel: `connection` must be a function or None, got {connection!r}. To combine the "
                 "branches with a layer, use `Chain(Parallel(None, ...), layer)`."
             )
-        object.__setattr__(self, "connection", connection)
-        object.__setattr__(self, "layers", _named("Parallel", layers, named_layers))
+        self.connection = connection
+        self.layers = _named("Parallel", layers, named_layers)
+
+    def _configuration(self) -> tuple[tuple, dict]:
+        return (self.connection,), {}
 
     def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
-        with jax.named_scope("Parallel"):
-            split = isinstance(x, tuple) and len(x) == len(self.layers)
-            outputs, new_st = self._run_each(x if split else (x,) * len(self.layers), ps, st)
-            y = tuple(outputs) if self.connection is None else self.connection(*outputs)
+        split = isinstance(x, tuple) and len(x) == len(self.layers)
+        outputs, new_st = self._run_each(x if split else (x,) * len(self.layers), ps, st)
+        y = tuple(outputs) if self.connection is None else self.connection(*outputs)
         return y, new_st
 
     def display_args(self) -> list[str]:
@@ -175,12 +169,14 @@ class BranchLayer(_Sequence):
     fusion: Callable | None
 
     def __init__(self, *layers: Layer, fusion: Callable | None = None, **named_layers: Layer):
-        object.__setattr__(self, "fusion", fusion)
-        object.__setattr__(self, "layers", _named("BranchLayer", layers, named_layers))
+        self.fusion = fusion
+        self.layers = _named("BranchLayer", layers, named_layers)
+
+    def _configuration(self) -> tuple[tuple, dict]:
+        return (), {"fusion": self.fusion}
 
     def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
-        with jax.named_scope("BranchLayer"):
-            outputs, new_st = self._run_each((x,) * len(self.layers), ps, st)
+        outputs, new_st = self._run_each((x,) * len(self.layers), ps, st)
         return (tuple(outputs) if self.fusion is None else self.fusion(*outputs)), new_st
 
     def display_args(self) -> list[str]:
@@ -212,25 +208,27 @@ class PairwiseFusion(_Sequence):
 
     def __init__(self, connection: Callable, *layers: Layer, **named_layers: Layer):
         if isinstance(connection, Layer) or not callable(connection):
-            raise NotALayerError(f"PairwiseFusion: `connection` must be a function, got {connection!r}.")
-        object.__setattr__(self, "connection", connection)
-        object.__setattr__(self, "layers", _named("PairwiseFusion", layers, named_layers))
+            raise TypeError(f"PairwiseFusion: `connection` must be a function, got {connection!r}.")
+        self.connection = connection
+        self.layers = _named("PairwiseFusion", layers, named_layers)
+
+    def _configuration(self) -> tuple[tuple, dict]:
+        return (self.connection,), {}
 
     def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
         n = len(self.layers)
         if isinstance(x, tuple):
             if len(x) != n + 1:
-                raise ValueError(
-                    f"{self!r}: a tuple input needs {n + 1} entries (one more than the {n} layers), got {len(x)}."
+                raise ShapeError(
+                    self, f"a tuple input needs {n + 1} entries (one more than the {n} layers), got {len(x)}."
                 )
             y, extras = x[0], x[1:]
         else:
             y, extras = x, (x,) * n
         new_st = {}
-        with jax.named_scope("PairwiseFusion"):
-            for (name, _), extra in zip(self.layers, extras):
-                out, new_st[name] = call_child(self, name, y, ps, st)
-                y = self.connection(extra, out)
+        for (name, _), extra in zip(self.layers, extras):
+            out, new_st[name] = self.call(name, y, ps, st)
+            y = self.connection(extra, out)
         return y, new_st
 
     def display_args(self) -> list[str]:
@@ -261,27 +259,26 @@ class SkipConnection(ContainerLayer):
     def __post_init__(self) -> None:
         check_layer_argument("SkipConnection", self.layers, "`layer`")
         if not callable(self.connection):
-            raise NotALayerError(
-                f"SkipConnection: `connection` must be a function or a layer, got {self.connection!r}."
-            )
+            raise TypeError(f"SkipConnection: `connection` must be a function or a layer, got {self.connection!r}.")
 
     @property
-    def is_wrapper(self) -> bool:  # type: ignore[override]
+    def is_wrapper(self) -> bool:
         return not isinstance(self.connection, Layer)
 
+    @assembled
     def init_params(self, key: jax.Array) -> dict:
         return self.layers.init_params(key) if self.is_wrapper else super().init_params(key)
 
+    @assembled
     def init_state(self, key: jax.Array) -> dict:
         return self.layers.init_state(key) if self.is_wrapper else super().init_state(key)
 
     def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
-        with jax.named_scope("SkipConnection"):
-            if self.is_wrapper:
-                y, st = call_located(self.layers, KeyPath(), x, ps, st, scope="layers")
-                return self.connection(y, x), st
-            y, st_layers = call_child(self, "layers", x, ps, st)
-            z, st_connection = call_child(self, "connection", (y, x), ps, st)
+        if self.is_wrapper:
+            y, st = self.layers(x, ps, st)
+            return self.connection(y, x), st
+        y, st_layers = self.call("layers", x, ps, st)
+        z, st_connection = self.call("connection", (y, x), ps, st)
         return z, {"layers": st_layers, "connection": st_connection}
 
     def display_args(self) -> list[str]:

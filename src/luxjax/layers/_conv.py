@@ -8,108 +8,38 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ..core import ConfigError, Layer, ShapeError, function_name
-from ._dense import Initializer, fan_in_uniform
-
-_PAD_MODES = ("SAME", "VALID")
-
-
-def as_tuple(owner: str, name: str, value: Any, n: int, *, minimum: int = 1) -> tuple[int, ...]:
-    """`value` (an int or a tuple of `n` ints, each at least `minimum`) as a tuple of `n` ints."""
-    values = (value,) * n if isinstance(value, int) and not isinstance(value, bool) else value
-    if (
-        not isinstance(values, (tuple, list))
-        or len(values) != n
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values)
-    ):
-        raise ConfigError(f"{owner}: `{name}` must be an int >= {minimum} or a tuple of {n} such ints, got {value!r}.")
-    return tuple(values)
-
-
-def as_padding(owner: str, padding: Any, n: int) -> str | tuple[tuple[int, int], ...]:
-    """Normalises a padding argument to "SAME", "VALID" or `n` `(lo, hi)` pairs."""
-    if isinstance(padding, str):
-        if padding.upper() not in _PAD_MODES:
-            raise ConfigError(
-                f"{owner}: unknown `padding` mode {padding!r}; use 'SAME', 'VALID' (any case), an int, "
-                f"a tuple of {n} ints or a tuple of {n} (lo, hi) pairs."
-            )
-        return padding.upper()
-    if isinstance(padding, (tuple, list)) and all(isinstance(p, (tuple, list)) for p in padding):
-        pairs = tuple(tuple(p) for p in padding)
-        if len(pairs) == n and all(len(p) == 2 for p in pairs):
-            flat = as_tuple(owner, "padding", tuple(v for p in pairs for v in p), 2 * n, minimum=0)
-            return tuple(zip(flat[::2], flat[1::2]))
-        raise ConfigError(f"{owner}: `padding` must have one (lo, hi) pair per spatial axis ({n}), got {padding!r}.")
-    return tuple((p, p) for p in as_tuple(owner, "padding", padding, n, minimum=0))
-
-
-def padding_repr(padding: str | tuple[tuple[int, int], ...]) -> str:
-    """How padding shows in a repr: `1`, `(1, 2)`, `((0, 1), (1, 1))` or `"SAME"`."""
-    if isinstance(padding, str):
-        return f'"{padding}"'
-    if all(lo == hi for lo, hi in padding):
-        sides = tuple(lo for lo, _ in padding)
-        return str(sides[0]) if len(set(sides)) == 1 else str(sides)
-    return str(padding)
-
-
-def tuple_repr(values: tuple[int, ...]) -> str:
-    """`2` when every entry is 2, else the tuple."""
-    return str(values[0]) if len(set(values)) == 1 else str(values)
-
-
-def check_spatial_input(layer: Layer, x: jax.Array, n: int, channels: int | None) -> None:
-    """Raises a `ShapeError` unless `x` is `(batch, *n spatial axes, channels)`."""
-    shape = jnp.shape(x)
-    if len(shape) != n + 2:
-        raise ShapeError(
-            layer, f"expected input of rank {n + 2} (batch, {n} spatial axes, channels), got shape {shape}."
-        )
-    if channels is not None and shape[-1] != channels:
-        raise ShapeError(layer, f"expected input with {channels} channels in the last axis, got shape {shape}.")
-
-
-def explicit_padding(
-    padding: Any,
-    spatial: tuple[int, ...],
-    window: tuple[int, ...],
-    stride: tuple[int, ...],
-) -> tuple[tuple[int, int], ...]:
-    """The `(lo, hi)` pairs a padding mode means for `spatial` input sizes and (dilated) `window`."""
-    if padding == "VALID":
-        return ((0, 0),) * len(spatial)
-    if padding == "SAME":
-        return tuple(jax.lax.padtype_to_pads(spatial, window, stride, "SAME"))
-    return padding
-
-
-def check_window_fits(
-    layer: Layer, shape: tuple[int, ...], pads: tuple[tuple[int, int], ...], window: tuple[int, ...], what: str
-) -> None:
-    """Raises a `ShapeError` if the (dilated) window is larger than the padded input anywhere."""
-    spatial = shape[1:-1]
-    padded = tuple(size + lo + hi for size, (lo, hi) in zip(spatial, pads))
-    if any(w > p for w, p in zip(window, padded)):
-        raise ShapeError(
-            layer,
-            f"{what} {window} is larger than the padded input's spatial size {padded} (input shape {shape}); "
-            "use a smaller window, more padding or a larger input.",
-        )
+from ..core import ConfigError, Layer, ShapeError, field
+from ._util import (
+    Initializer,
+    Padding,
+    activation_repr,
+    as_padding,
+    as_tuple,
+    bias_activation,
+    check_activation,
+    check_positive,
+    check_spatial_input,
+    check_window_fits,
+    explicit_padding,
+    fan_in_uniform,
+    int_tuple,
+    padding_repr,
+    tuple_repr,
+)
 
 
 class _ConvBase(Layer):
     """The configuration `Conv` and `ConvTranspose` share."""
 
-    # Ints are accepted for the tuple fields; `__post_init__` stores tuples.
-    kernel_size: tuple[int, ...]
+    # Ints are accepted for the tuple fields (an int or a 1-tuple means the same in every axis).
+    kernel_size: tuple[int, ...] = field(converter=int_tuple)
     in_channels: int
     out_channels: int
     activation: Callable | None = None
     _: dataclasses.KW_ONLY
-    stride: tuple[int, ...] = 1  # type: ignore[assignment]
-    padding: Any = 0
-    dilation: tuple[int, ...] = 1  # type: ignore[assignment]
+    stride: tuple[int, ...] = field(default=1, converter=int_tuple)
+    padding: Padding | Any = 0
+    dilation: tuple[int, ...] = field(default=1, converter=int_tuple)
     groups: int = 1
     use_bias: bool = True
     init_weight: Initializer | None = None
@@ -118,23 +48,20 @@ class _ConvBase(Layer):
     def __post_init__(self) -> None:
         name = type(self).__name__
         kernel = self.kernel_size
-        kernel = as_tuple(name, "kernel_size", kernel, 1 if isinstance(kernel, int) else len(kernel))
-        if not kernel:
-            raise ConfigError(f"{name}: `kernel_size` must have at least one entry, got {self.kernel_size!r}.")
+        if not isinstance(kernel, tuple) or not kernel:
+            raise ConfigError(f"{name}: `kernel_size` must be an int or a non-empty tuple of ints, got {kernel!r}.")
         n = len(kernel)
-        object.__setattr__(self, "kernel_size", kernel)
-        object.__setattr__(self, "stride", as_tuple(name, "stride", self.stride, n))
-        object.__setattr__(self, "dilation", as_tuple(name, "dilation", self.dilation, n))
-        object.__setattr__(self, "padding", as_padding(name, self.padding, n))
-        for arg in ("in_channels", "out_channels", "groups"):
-            as_tuple(name, arg, getattr(self, arg), 1)
+        self.kernel_size = as_tuple(name, "kernel_size", kernel, n)
+        self.stride = as_tuple(name, "stride", self.stride, n)
+        self.dilation = as_tuple(name, "dilation", self.dilation, n)
+        self.padding = as_padding(name, self.padding, n)
+        check_positive(self, "in_channels", "out_channels", "groups")
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ConfigError(
                 f"{name}: `groups` ({self.groups}) must divide both `in_channels` ({self.in_channels}) "
                 f"and `out_channels` ({self.out_channels})."
             )
-        if self.activation is not None and not callable(self.activation):
-            raise ConfigError(f"{name}: `activation` must be callable or None, got {self.activation!r}.")
+        check_activation(self)
 
     def weight_shape(self) -> tuple[int, ...]:
         """The shape of `ps["weight"]`."""
@@ -154,9 +81,7 @@ class _ConvBase(Layer):
         return ps
 
     def _finish(self, y: jax.Array, ps: dict) -> jax.Array:
-        if self.use_bias:
-            y = y + jnp.reshape(ps["bias"], (1,) * (y.ndim - 1) + (-1,)).astype(y.dtype)
-        return self.activation(y) if self.activation is not None else y
+        return bias_activation(y, ps["bias"] if self.use_bias else None, self.activation)
 
     def _dimension_numbers(self, n: int) -> jax.lax.ConvDimensionNumbers:
         spatial = "".join(chr(ord("D") + i) for i in range(n))  # D, E, F, ...: never N, C, I or O
@@ -164,9 +89,9 @@ class _ConvBase(Layer):
         return jax.lax.conv_dimension_numbers((1,) * (n + 2), (1,) * (n + 2), (lhs, f"{spatial}IO", lhs))
 
     def _extra_repr(self) -> list[str]:
-        extra = [function_name(self.activation)] if self.activation is not None else []
+        extra = activation_repr(self.activation)
         if self.padding != ((0, 0),) * len(self.kernel_size):
-            extra.append(f"pad={padding_repr(self.padding)}")
+            extra.append(f"padding={padding_repr(self.padding)}")
         if set(self.stride) != {1}:
             extra.append(f"stride={tuple_repr(self.stride)}")
         if set(self.dilation) != {1}:
@@ -211,7 +136,7 @@ class Conv(_ConvBase):
         >>> import jax, jax.numpy as jnp, luxjax as lx
         >>> model = lx.Conv((3, 3), 1, 16, jax.nn.relu, padding=1, stride=2)
         >>> model
-        Conv((3, 3), 1 => 16, relu, pad=1, stride=2)
+        Conv((3, 3), 1 => 16, relu, padding=1, stride=2)
         >>> ps, st = lx.setup(jax.random.key(0), model)
         >>> ps["weight"].shape
         (3, 3, 1, 16)
@@ -220,23 +145,22 @@ class Conv(_ConvBase):
     """
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
-        with jax.named_scope("Conv"):
-            n = len(self.kernel_size)
-            check_spatial_input(self, x, n, self.in_channels)
-            shape = jnp.shape(x)
-            window = tuple((k - 1) * d + 1 for k, d in zip(self.kernel_size, self.dilation))
-            pads = explicit_padding(self.padding, shape[1:-1], window, self.stride)
-            check_window_fits(self, shape, pads, window, "kernel (dilated size)")
-            y = jax.lax.conv_general_dilated(
-                x,
-                ps["weight"].astype(x.dtype),
-                window_strides=self.stride,
-                padding=pads,
-                rhs_dilation=self.dilation,
-                dimension_numbers=self._dimension_numbers(n),
-                feature_group_count=self.groups,
-            )
-            return self._finish(y, ps), st
+        n = len(self.kernel_size)
+        check_spatial_input(self, x, n, self.in_channels)
+        shape = jnp.shape(x)
+        window = tuple((k - 1) * d + 1 for k, d in zip(self.kernel_size, self.dilation))
+        pads = explicit_padding(self.padding, shape[1:-1], window, self.stride)
+        check_window_fits(self, shape, pads, window, "kernel (dilated size)")
+        y = jax.lax.conv_general_dilated(
+            x,
+            ps["weight"].astype(x.dtype),
+            window_strides=self.stride,
+            padding=pads,
+            rhs_dilation=self.dilation,
+            dimension_numbers=self._dimension_numbers(n),
+            feature_group_count=self.groups,
+        )
+        return self._finish(y, ps), st
 
 
 class ConvTranspose(_ConvBase):
@@ -283,7 +207,7 @@ class ConvTranspose(_ConvBase):
     """
 
     _: dataclasses.KW_ONLY
-    output_padding: tuple[int, ...] = 0  # type: ignore[assignment]
+    output_padding: tuple[int, ...] = field(default=0, converter=int_tuple)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -294,7 +218,7 @@ class ConvTranspose(_ConvBase):
                 f"ConvTranspose: `output_padding` {outpad} must be smaller than the stride {self.stride} "
                 f"or the dilation {self.dilation} in every axis."
             )
-        object.__setattr__(self, "output_padding", outpad)
+        self.output_padding = outpad
 
     def weight_shape(self) -> tuple[int, ...]:
         return (*self.kernel_size, self.out_channels // self.groups, self.in_channels)
@@ -308,44 +232,43 @@ class ConvTranspose(_ConvBase):
         return self.padding
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
-        with jax.named_scope("ConvTranspose"):
-            n, g = len(self.kernel_size), self.groups
-            check_spatial_input(self, x, n, self.in_channels)
-            shape = jnp.shape(x)
-            crops = self._crops(shape[1:-1])
-            out = [
-                (size - 1) * s - lo - hi + d * (k - 1) + 1 + o
-                for size, s, (lo, hi), d, k, o in zip(
-                    shape[1:-1], self.stride, crops, self.dilation, self.kernel_size, self.output_padding
-                )
-            ]
-            if any(size < 1 for size in out):
-                raise ShapeError(
-                    self,
-                    f"the padding {crops} crops away the whole output (size {tuple(out)}) for input shape {shape}.",
-                )
-            # As a direct convolution: dilate the input by the stride, flip the kernel, and
-            # regroup the weight (*k, out/g, in) into HWIO (*k, in/g, out).
-            w = ps["weight"].astype(x.dtype)
-            w = jnp.flip(w, axis=tuple(range(n)))
-            w = jnp.reshape(w, (*self.kernel_size, self.out_channels // g, g, self.in_channels // g))
-            w = jnp.moveaxis(w, (n, n + 1, n + 2), (n + 2, n + 1, n))
-            w = jnp.reshape(w, (*self.kernel_size, self.in_channels // g, self.out_channels))
-            pads = [
-                (d * (k - 1) - lo, d * (k - 1) - hi + o)
-                for d, k, (lo, hi), o in zip(self.dilation, self.kernel_size, crops, self.output_padding)
-            ]
-            y = jax.lax.conv_general_dilated(
-                x,
-                w,
-                window_strides=(1,) * n,
-                padding=pads,
-                lhs_dilation=self.stride,
-                rhs_dilation=self.dilation,
-                dimension_numbers=self._dimension_numbers(n),
-                feature_group_count=g,
+        n, g = len(self.kernel_size), self.groups
+        check_spatial_input(self, x, n, self.in_channels)
+        shape = jnp.shape(x)
+        crops = self._crops(shape[1:-1])
+        out = [
+            (size - 1) * s - lo - hi + d * (k - 1) + 1 + o
+            for size, s, (lo, hi), d, k, o in zip(
+                shape[1:-1], self.stride, crops, self.dilation, self.kernel_size, self.output_padding
             )
-            return self._finish(y, ps), st
+        ]
+        if any(size < 1 for size in out):
+            raise ShapeError(
+                self,
+                f"the padding {crops} crops away the whole output (size {tuple(out)}) for input shape {shape}.",
+            )
+        # As a direct convolution: dilate the input by the stride, flip the kernel, and
+        # regroup the weight (*k, out/g, in) into HWIO (*k, in/g, out).
+        w = ps["weight"].astype(x.dtype)
+        w = jnp.flip(w, axis=tuple(range(n)))
+        w = jnp.reshape(w, (*self.kernel_size, self.out_channels // g, g, self.in_channels // g))
+        w = jnp.moveaxis(w, (n, n + 1, n + 2), (n + 2, n + 1, n))
+        w = jnp.reshape(w, (*self.kernel_size, self.in_channels // g, self.out_channels))
+        pads = [
+            (d * (k - 1) - lo, d * (k - 1) - hi + o)
+            for d, k, (lo, hi), o in zip(self.dilation, self.kernel_size, crops, self.output_padding)
+        ]
+        y = jax.lax.conv_general_dilated(
+            x,
+            w,
+            window_strides=(1,) * n,
+            padding=pads,
+            lhs_dilation=self.stride,
+            rhs_dilation=self.dilation,
+            dimension_numbers=self._dimension_numbers(n),
+            feature_group_count=g,
+        )
+        return self._finish(y, ps), st
 
     def _extra_repr(self) -> list[str]:
         extra = super()._extra_repr()

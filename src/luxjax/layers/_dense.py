@@ -1,28 +1,13 @@
 """`Dense`: the fully connected layer."""
 
 import dataclasses
-import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from ..core import ConfigError, Layer, ShapeError, function_name
-
-Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
-
-
-def fan_in_uniform(fan_in: int) -> Initializer:
-    """Lux's default Dense/Conv initialiser: uniform on `[-1/sqrt(fan_in), 1/sqrt(fan_in)]`.
-
-    This is `kaiming_uniform` with gain `sqrt(1/3)`, the same default as PyTorch.
-    """
-
-    def init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
-        bound = 1.0 / math.sqrt(fan_in)
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
+from ..core import Layer, ShapeError, function_name
+from ._util import Initializer, bias_activation, check_activation, check_positive, fan_in_uniform
 
 
 class Dense(Layer):
@@ -62,12 +47,8 @@ class Dense(Layer):
     init_bias: Initializer | None = None
 
     def __post_init__(self) -> None:
-        for name in ("in_dims", "out_dims"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"Dense: `{name}` must be a positive int, got {value!r}.")
-        if self.activation is not None and not callable(self.activation):
-            raise ConfigError(f"Dense: `activation` must be callable or None, got {self.activation!r}.")
+        check_positive(self, "in_dims", "out_dims")
+        check_activation(self)
 
     def init_params(self, key: jax.Array) -> dict:
         key_w, key_b = jax.random.split(key)
@@ -79,15 +60,9 @@ class Dense(Layer):
         return ps
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
-        with jax.named_scope("Dense"):
-            if jnp.ndim(x) == 0 or jnp.shape(x)[-1] != self.in_dims:
-                raise ShapeError(self, f"expected input with last axis {self.in_dims}, got shape {jnp.shape(x)}.")
-            y = x @ ps["weight"].T
-            if self.use_bias:
-                y = y + jnp.reshape(ps["bias"], (1,) * (y.ndim - 1) + (-1,))
-            if self.activation is not None:
-                y = self.activation(y)
-            return y, st
+        if jnp.ndim(x) == 0 or jnp.shape(x)[-1] != self.in_dims:
+            raise ShapeError(self, f"expected input with last axis {self.in_dims}, got shape {jnp.shape(x)}.")
+        return bias_activation(x @ ps["weight"].T, ps["bias"] if self.use_bias else None, self.activation), st
 
     def __repr__(self) -> str:
         extra = f", {function_name(self.activation)}" if self.activation is not None else ""

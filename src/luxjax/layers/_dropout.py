@@ -46,15 +46,14 @@ class Dropout(Layer):
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
         del ps
-        with jax.named_scope("Dropout"):
-            if not st["training"]:
-                return x, st
-            key, mask_key = jax.random.split(st["key"])
-            if self.p == 0:
-                return x, {**st, "key": key}
-            keep = jax.random.bernoulli(mask_key, 1 - self.p, jnp.shape(x))
-            y = jnp.where(keep, x / jnp.asarray(1 - self.p, jnp.result_type(x)), jnp.zeros_like(x))
-            return y, {**st, "key": key}
+        if not st["training"]:
+            return x, st
+        key, mask_key = jax.random.split(st["key"])
+        if self.p == 0:
+            return x, {**st, "key": key}
+        keep = jax.random.bernoulli(mask_key, 1 - self.p, jnp.shape(x))
+        y = jnp.where(keep, x / jnp.asarray(1 - self.p, jnp.result_type(x)), jnp.zeros_like(x))
+        return y, {**st, "key": key}
 
     def __repr__(self) -> str:
         return f"Dropout({self.p})"

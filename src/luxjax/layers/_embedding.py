@@ -1,19 +1,13 @@
 """`Embedding`: a lookup table from integer indices to vectors."""
 
 import dataclasses
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import ConfigError, Layer, ShapeError
-
-Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
-
-
-def _standard_normal(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
-    return jax.random.normal(key, shape, dtype)
+from ..core import Layer, ShapeError
+from ._util import Initializer, check_positive, standard_normal
 
 
 class Embedding(Layer):
@@ -55,37 +49,33 @@ class Embedding(Layer):
     init_weight: Initializer | None = None
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "dims"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"Embedding: `{name}` must be a positive int, got {value!r}.")
+        check_positive(self, "vocab_size", "dims")
 
     def init_params(self, key: jax.Array) -> dict:
-        init = self.init_weight or _standard_normal
+        init = self.init_weight or standard_normal
         return {"weight": init(key, (self.vocab_size, self.dims), jnp.float32)}
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
-        with jax.named_scope("Embedding"):
-            dtype = jnp.result_type(x)
-            if not jnp.issubdtype(dtype, jnp.integer):
+        dtype = jnp.result_type(x)
+        if not jnp.issubdtype(dtype, jnp.integer):
+            raise ShapeError(
+                self,
+                f"expected integer indices in [0, {self.vocab_size}), got dtype {dtype} of shape {jnp.shape(x)}.",
+            )
+        if not isinstance(x, jax.core.Tracer):
+            values = np.asarray(x)
+            bad = values[(values < 0) | (values >= self.vocab_size)]
+            if bad.size:
                 raise ShapeError(
                     self,
-                    f"expected integer indices in [0, {self.vocab_size}), got dtype {dtype} of shape {jnp.shape(x)}.",
+                    f"expected indices in [0, {self.vocab_size}) (`vocab_size` is {self.vocab_size}), "
+                    f"got {bad.size} out of range, e.g. {int(bad.flat[0])}.",
                 )
-            if not isinstance(x, jax.core.Tracer):
-                values = np.asarray(x)
-                bad = values[(values < 0) | (values >= self.vocab_size)]
-                if bad.size:
-                    raise ShapeError(
-                        self,
-                        f"expected indices in [0, {self.vocab_size}) (`vocab_size` is {self.vocab_size}), "
-                        f"got {bad.size} out of range, e.g. {int(bad.flat[0])}.",
-                    )
-            x = jnp.asarray(x)
-            # Negative indices would wrap around in JAX; send them out of range so they give NaN.
-            x = jnp.where(x < 0, self.vocab_size, x)
-            y = jnp.asarray(ps["weight"]).at[x].get(mode="fill", fill_value=jnp.nan)
-            return y, st
+        x = jnp.asarray(x)
+        # Negative indices would wrap around in JAX; send them out of range so they give NaN.
+        x = jnp.where(x < 0, self.vocab_size, x)
+        y = jnp.asarray(ps["weight"]).at[x].get(mode="fill", fill_value=jnp.nan)
+        return y, st
 
     def __repr__(self) -> str:
         return f"Embedding({self.vocab_size} => {self.dims})"

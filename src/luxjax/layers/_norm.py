@@ -8,19 +8,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ..core import ConfigError, Layer, ShapeError, Training, function_name
+from ..core import ConfigError, Layer, ShapeError, Training, field
+from ._util import activation_repr, as_tuple, check_activation, check_positive, int_tuple
 
 
 def _check_config(layer: Any, ints: tuple[str, ...]) -> None:
-    name = type(layer).__name__
-    for arg in ints:
-        value = getattr(layer, arg)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{name}: `{arg}` must be a positive int, got {value!r}.")
+    check_positive(layer, *ints)
     if not (isinstance(layer.epsilon, (int, float)) and layer.epsilon > 0):
-        raise ConfigError(f"{name}: `epsilon` must be a positive number, got {layer.epsilon!r}.")
-    if layer.activation is not None and not callable(layer.activation):
-        raise ConfigError(f"{name}: `activation` must be callable or None, got {layer.activation!r}.")
+        raise ConfigError(f"{type(layer).__name__}: `epsilon` must be a positive number, got {layer.epsilon!r}.")
+    check_activation(layer)
 
 
 def _affine_params(layer: Any, shape: tuple[int, ...]) -> dict:
@@ -40,7 +36,7 @@ def _finish(layer: Any, x_hat: jax.Array, ps: dict, n_param_axes: int) -> jax.Ar
 
 
 def _extra_repr(layer: Any, defaults: dict) -> str:
-    extra = [function_name(layer.activation)] if layer.activation is not None else []
+    extra = activation_repr(layer.activation)
     extra += [f"{k}={getattr(layer, k)!r}" for k, v in defaults.items() if getattr(layer, k) != v]
     return "".join(f", {e}" for e in extra)
 
@@ -124,27 +120,26 @@ class BatchNorm(Layer):
         }
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
-        with jax.named_scope("BatchNorm"):
-            _channels_last(self, x, self.channels)
-            axes = tuple(range(jnp.ndim(x) - 1))
-            lead = (1,) * len(axes)
-            if st["training"] or not self.track_stats:
-                mean, var = jnp.mean(x, axis=axes), jnp.var(x, axis=axes)
-            else:
-                mean, var = st["running_mean"].astype(x.dtype), st["running_var"].astype(x.dtype)
-            x_hat = (x - jnp.reshape(mean, lead + (-1,))) * jax.lax.rsqrt(jnp.reshape(var, lead + (-1,)) + self.epsilon)
-            y = _finish(self, x_hat, ps, 1)
-            if st["training"] and self.track_stats:
-                n = math.prod(jnp.shape(x)[:-1])
-                batch_mean = jax.lax.stop_gradient(mean).astype(st["running_mean"].dtype)
-                batch_var = jax.lax.stop_gradient(var * (n / max(n - 1, 1))).astype(st["running_var"].dtype)
-                m = self.momentum
-                st = {
-                    **st,
-                    "running_mean": (1 - m) * st["running_mean"] + m * batch_mean,
-                    "running_var": (1 - m) * st["running_var"] + m * batch_var,
-                }
-            return y, st
+        _channels_last(self, x, self.channels)
+        axes = tuple(range(jnp.ndim(x) - 1))
+        lead = (1,) * len(axes)
+        if st["training"] or not self.track_stats:
+            mean, var = jnp.mean(x, axis=axes), jnp.var(x, axis=axes)
+        else:
+            mean, var = st["running_mean"].astype(x.dtype), st["running_var"].astype(x.dtype)
+        x_hat = (x - jnp.reshape(mean, lead + (-1,))) * jax.lax.rsqrt(jnp.reshape(var, lead + (-1,)) + self.epsilon)
+        y = _finish(self, x_hat, ps, 1)
+        if st["training"] and self.track_stats:
+            n = math.prod(jnp.shape(x)[:-1])
+            batch_mean = jax.lax.stop_gradient(mean).astype(st["running_mean"].dtype)
+            batch_var = jax.lax.stop_gradient(var * (n / max(n - 1, 1))).astype(st["running_var"].dtype)
+            m = self.momentum
+            st = {
+                **st,
+                "running_mean": (1 - m) * st["running_mean"] + m * batch_mean,
+                "running_var": (1 - m) * st["running_var"] + m * batch_var,
+            }
+        return y, st
 
     def __repr__(self) -> str:
         defaults = {"momentum": 0.1, "epsilon": 1e-5, "affine": True, "track_stats": True}
@@ -176,21 +171,16 @@ class LayerNorm(Layer):
         Array([0., 0.], dtype=float32)
     """
 
-    shape: tuple[int, ...]  # an int is accepted; `__post_init__` stores a tuple
+    shape: tuple[int, ...] = field(converter=int_tuple)  # an int is accepted
     activation: Callable | None = None
     _: dataclasses.KW_ONLY
     epsilon: float = 1e-5
     affine: bool = True
 
     def __post_init__(self) -> None:
-        shape = (self.shape,) if isinstance(self.shape, int) else self.shape
-        if (
-            not isinstance(shape, (tuple, list))
-            or not shape
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
-        ):
+        if not isinstance(self.shape, tuple) or not self.shape:
             raise ConfigError(f"LayerNorm: `shape` must be a positive int or a tuple of them, got {self.shape!r}.")
-        object.__setattr__(self, "shape", tuple(shape))
+        self.shape = as_tuple("LayerNorm", "shape", self.shape, len(self.shape))
         _check_config(self, ())
 
     def init_params(self, key: jax.Array) -> dict:
@@ -198,14 +188,13 @@ class LayerNorm(Layer):
         return _affine_params(self, self.shape)
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
-        with jax.named_scope("LayerNorm"):
-            k = len(self.shape)
-            if tuple(jnp.shape(x)[-k:]) != self.shape or jnp.ndim(x) < k:
-                raise ShapeError(self, f"expected input with trailing axes {self.shape}, got shape {jnp.shape(x)}.")
-            axes = tuple(range(jnp.ndim(x) - k, jnp.ndim(x)))
-            mean = jnp.mean(x, axis=axes, keepdims=True)
-            var = jnp.var(x, axis=axes, keepdims=True)
-            return _finish(self, (x - mean) * jax.lax.rsqrt(var + self.epsilon), ps, k), st
+        k = len(self.shape)
+        if tuple(jnp.shape(x)[-k:]) != self.shape or jnp.ndim(x) < k:
+            raise ShapeError(self, f"expected input with trailing axes {self.shape}, got shape {jnp.shape(x)}.")
+        axes = tuple(range(jnp.ndim(x) - k, jnp.ndim(x)))
+        mean = jnp.mean(x, axis=axes, keepdims=True)
+        var = jnp.var(x, axis=axes, keepdims=True)
+        return _finish(self, (x - mean) * jax.lax.rsqrt(var + self.epsilon), ps, k), st
 
     def __repr__(self) -> str:
         shape = self.shape[0] if len(self.shape) == 1 else self.shape
@@ -258,15 +247,14 @@ class GroupNorm(Layer):
         return _affine_params(self, (self.channels,))
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
-        with jax.named_scope("GroupNorm"):
-            _channels_last(self, x, self.channels)
-            shape = jnp.shape(x)
-            grouped = jnp.reshape(x, (*shape[:-1], self.groups, self.channels // self.groups))
-            axes = (*range(1, len(shape) - 1), len(shape))
-            mean = jnp.mean(grouped, axis=axes, keepdims=True)
-            var = jnp.var(grouped, axis=axes, keepdims=True)
-            x_hat = jnp.reshape((grouped - mean) * jax.lax.rsqrt(var + self.epsilon), shape)
-            return _finish(self, x_hat, ps, 1), st
+        _channels_last(self, x, self.channels)
+        shape = jnp.shape(x)
+        grouped = jnp.reshape(x, (*shape[:-1], self.groups, self.channels // self.groups))
+        axes = (*range(1, len(shape) - 1), len(shape))
+        mean = jnp.mean(grouped, axis=axes, keepdims=True)
+        var = jnp.var(grouped, axis=axes, keepdims=True)
+        x_hat = jnp.reshape((grouped - mean) * jax.lax.rsqrt(var + self.epsilon), shape)
+        return _finish(self, x_hat, ps, 1), st
 
     def __repr__(self) -> str:
         return f"GroupNorm({self.channels}, {self.groups}{_extra_repr(self, {'epsilon': 1e-5, 'affine': True})})"

@@ -8,13 +8,15 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from ..core import ConfigError, Layer, ShapeError
-from ._conv import (
+from ..core import ConfigError, Layer, ShapeError, field
+from ._util import (
+    Padding,
     as_padding,
     as_tuple,
     check_spatial_input,
     check_window_fits,
     explicit_padding,
+    int_tuple,
     padding_repr,
     tuple_repr,
 )
@@ -23,33 +25,32 @@ from ._conv import (
 class _Pool(Layer):
     """A window reduction over the spatial axes; `MaxPool` and `MeanPool` differ in the reduction."""
 
-    # Ints (and `stride=None`) are accepted; `__post_init__` stores tuples.
-    window: tuple[int, ...]
+    # Ints are accepted for the tuple fields (an int or a 1-tuple means the same in every axis);
+    # `stride=None` means the window.
+    window: tuple[int, ...] = field(converter=int_tuple)
     _: dataclasses.KW_ONLY
-    stride: tuple[int, ...] = None  # type: ignore[assignment]
-    padding: Any = 0
+    stride: tuple[int, ...] = field(default=None, converter=int_tuple)
+    padding: Padding | Any = 0
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        window = as_tuple(name, "window", self.window, 1 if isinstance(self.window, int) else len(self.window))
-        if not window:
-            raise ConfigError(f"{name}: `window` must have at least one entry, got {self.window!r}.")
-        object.__setattr__(self, "window", window)
-        stride = window if self.stride is None else as_tuple(name, "stride", self.stride, len(window))
-        object.__setattr__(self, "stride", stride)
-        object.__setattr__(self, "padding", as_padding(name, self.padding, len(window)))
+        if not isinstance(self.window, tuple) or not self.window:
+            raise ConfigError(f"{name}: `window` must be an int or a non-empty tuple of ints, got {self.window!r}.")
+        n = len(self.window)
+        self.window = as_tuple(name, "window", self.window, n)
+        self.stride = self.window if self.stride is None else as_tuple(name, "stride", self.stride, n)
+        self.padding = as_padding(name, self.padding, n)
 
     def _reduce(self, x: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
         raise NotImplementedError
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
         del ps
-        with jax.named_scope(type(self).__name__):
-            check_spatial_input(self, x, len(self.window), None)
-            shape = jnp.shape(x)
-            pads = explicit_padding(self.padding, shape[1:-1], self.window, self.stride)
-            check_window_fits(self, shape, pads, self.window, "window")
-            return self._reduce(x, pads), st
+        check_spatial_input(self, x, len(self.window), None)
+        shape = jnp.shape(x)
+        pads = explicit_padding(self.padding, shape[1:-1], self.window, self.stride)
+        check_window_fits(self, shape, pads, self.window, "window")
+        return self._reduce(x, pads), st
 
     def _window_args(self, pads: tuple[tuple[int, int], ...]) -> dict:
         return {
@@ -61,7 +62,7 @@ class _Pool(Layer):
     def __repr__(self) -> str:
         extra = ""
         if self.padding != ((0, 0),) * len(self.window):
-            extra += f", pad={padding_repr(self.padding)}"
+            extra += f", padding={padding_repr(self.padding)}"
         if self.stride != self.window:
             extra += f", stride={tuple_repr(self.stride)}"
         return f"{type(self).__name__}({self.window}{extra})"
@@ -127,13 +128,12 @@ class _GlobalPool(Layer):
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
         del ps
-        with jax.named_scope(type(self).__name__):
-            if jnp.ndim(x) < 3:
-                raise ShapeError(
-                    self, f"expected input (batch, *spatial, channels) with a spatial axis, got shape {jnp.shape(x)}."
-                )
-            axes = tuple(range(1, jnp.ndim(x) - 1))
-            return self._reduce(x, axis=axes, keepdims=True), st
+        if jnp.ndim(x) < 3:
+            raise ShapeError(
+                self, f"expected input (batch, *spatial, channels) with a spatial axis, got shape {jnp.shape(x)}."
+            )
+        axes = tuple(range(1, jnp.ndim(x) - 1))
+        return self._reduce(x, axis=axes, keepdims=True), st
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -175,31 +175,28 @@ class GlobalMeanPool(_GlobalPool):
 
 class _AdaptivePool(Layer):
     _reduce: ClassVar[Callable[..., jax.Array]]
-    out_size: tuple[int, ...]  # an int is accepted; `__post_init__` stores a tuple
+    out_size: tuple[int, ...] = field(converter=int_tuple)  # an int is a 1-D size
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        size = self.out_size
-        size = as_tuple(name, "out_size", size, 1 if isinstance(size, int) else len(size))
-        if not size:
-            raise ConfigError(f"{name}: `out_size` must have at least one entry, got {self.out_size!r}.")
-        object.__setattr__(self, "out_size", size)
+        if not isinstance(self.out_size, tuple) or not self.out_size:
+            raise ConfigError(f"{name}: `out_size` must be an int or a non-empty tuple of ints, got {self.out_size!r}.")
+        self.out_size = as_tuple(name, "out_size", self.out_size, len(self.out_size))
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
         del ps
-        with jax.named_scope(type(self).__name__):
-            check_spatial_input(self, x, len(self.out_size), None)
-            # A window is a product of one interval per axis, so max and mean are separable:
-            # pool one spatial axis at a time.
-            for axis, out in enumerate(self.out_size, start=1):
-                size = jnp.shape(x)[axis]
-                pieces = []
-                for i in range(out):
-                    start, end = (i * size) // out, -((-(i + 1) * size) // out)
-                    piece = jax.lax.slice_in_dim(x, start, end, axis=axis)
-                    pieces.append(self._reduce(piece, axis=axis, keepdims=True))
-                x = jnp.concatenate(pieces, axis=axis)
-            return x, st
+        check_spatial_input(self, x, len(self.out_size), None)
+        # A window is a product of one interval per axis, so max and mean are separable:
+        # pool one spatial axis at a time.
+        for axis, out in enumerate(self.out_size, start=1):
+            size = jnp.shape(x)[axis]
+            pieces = []
+            for i in range(out):
+                start, end = (i * size) // out, -((-(i + 1) * size) // out)
+                piece = jax.lax.slice_in_dim(x, start, end, axis=axis)
+                pieces.append(self._reduce(piece, axis=axis, keepdims=True))
+            x = jnp.concatenate(pieces, axis=axis)
+        return x, st
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.out_size})"

@@ -8,14 +8,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ..core import ConfigError, Layer, ShapeError, WrapperLayer, check_layer_argument
-
-
-def _check_dims(owner: str, layer: Layer) -> None:
-    for name in ("in_dims", "out_dims"):
-        value = getattr(layer, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{owner}: `{name}` must be a positive int, got {value!r}.")
+from ..core import Layer, ShapeError, WrapperLayer, check_layer_argument
+from ._util import bias_activation, check_positive
 
 
 def _init_cell(layer: Any, key: jax.Array, gates: int) -> dict:
@@ -34,10 +28,7 @@ def _init_cell(layer: Any, key: jax.Array, gates: int) -> dict:
 
 
 def _affine(a: jax.Array, weight: jax.Array, ps: dict, bias: str) -> jax.Array:
-    y = a @ weight.T
-    if bias in ps:
-        y = y + jnp.reshape(ps[bias], (1,) * (y.ndim - 1) + (-1,))
-    return y
+    return bias_activation(a @ weight.T, ps.get(bias), None)
 
 
 def _split_input(layer: Any, x: Any, n_carry: int) -> tuple[jax.Array, tuple[jax.Array, ...]]:
@@ -105,19 +96,18 @@ class LSTMCell(Layer):
     use_bias: bool = True
 
     def __post_init__(self) -> None:
-        _check_dims("LSTMCell", self)
+        check_positive(self, "in_dims", "out_dims")
 
     def init_params(self, key: jax.Array) -> dict:
         return _init_cell(self, key, 4)
 
     def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
-        with jax.named_scope("LSTMCell"):
-            x, (h, c) = _split_input(self, x, 2)
-            z = _affine(x, ps["weight_ih"], ps, "bias_ih") + _affine(h, ps["weight_hh"], ps, "bias_hh")
-            i, f, g, o = jnp.split(z, 4, axis=-1)
-            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-            h = jax.nn.sigmoid(o) * jnp.tanh(c)
-            return (h, (h, c)), st
+        x, (h, c) = _split_input(self, x, 2)
+        z = _affine(x, ps["weight_ih"], ps, "bias_ih") + _affine(h, ps["weight_hh"], ps, "bias_hh")
+        i, f, g, o = jnp.split(z, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return (h, (h, c)), st
 
     def __repr__(self) -> str:
         bias = ", use_bias=False" if not self.use_bias else ""
@@ -165,21 +155,20 @@ class GRUCell(Layer):
     use_bias: bool = True
 
     def __post_init__(self) -> None:
-        _check_dims("GRUCell", self)
+        check_positive(self, "in_dims", "out_dims")
 
     def init_params(self, key: jax.Array) -> dict:
         return _init_cell(self, key, 3)
 
     def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
-        with jax.named_scope("GRUCell"):
-            x, (h,) = _split_input(self, x, 1)
-            r_i, z_i, n_i = jnp.split(_affine(x, ps["weight_ih"], ps, "bias_ih"), 3, axis=-1)
-            r_h, z_h, n_h = jnp.split(_affine(h, ps["weight_hh"], ps, "bias_hh"), 3, axis=-1)
-            r = jax.nn.sigmoid(r_i + r_h)
-            z = jax.nn.sigmoid(z_i + z_h)
-            n = jnp.tanh(n_i + r * n_h)
-            h = (1 - z) * n + z * h
-            return (h, (h,)), st
+        x, (h,) = _split_input(self, x, 1)
+        r_i, z_i, n_i = jnp.split(_affine(x, ps["weight_ih"], ps, "bias_ih"), 3, axis=-1)
+        r_h, z_h, n_h = jnp.split(_affine(h, ps["weight_hh"], ps, "bias_hh"), 3, axis=-1)
+        r = jax.nn.sigmoid(r_i + r_h)
+        z = jax.nn.sigmoid(z_i + z_h)
+        n = jnp.tanh(n_i + r * n_h)
+        h = (1 - z) * n + z * h
+        return (h, (h,)), st
 
     def __repr__(self) -> str:
         bias = ", use_bias=False" if not self.use_bias else ""
@@ -235,16 +224,15 @@ class Recurrence(WrapperLayer):
         check_layer_argument("Recurrence", self.cell, "`cell`")
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
-        with jax.named_scope("Recurrence"):
-            if jnp.ndim(x) != 3 or jnp.shape(x)[1] == 0:
-                raise ShapeError(
-                    self, f"expected input of shape (batch, time, features) with time >= 1, got shape {jnp.shape(x)}."
-                )
-            (y, carry), st = self.cell(x[:, 0], ps, st)
-            (carry, st), ys = _scan_cell(self.cell, (carry, st), ps, jnp.moveaxis(x[:, 1:], 1, 0))
-            if not self.return_sequence:
-                return (ys[-1] if ys.shape[0] else y), st
-            return jnp.concatenate([y[:, None], jnp.moveaxis(ys, 0, 1)], axis=1), st
+        if jnp.ndim(x) != 3 or jnp.shape(x)[1] == 0:
+            raise ShapeError(
+                self, f"expected input of shape (batch, time, features) with time >= 1, got shape {jnp.shape(x)}."
+            )
+        (y, carry), st = self.cell(x[:, 0], ps, st)
+        (carry, st), ys = _scan_cell(self.cell, (carry, st), ps, jnp.moveaxis(x[:, 1:], 1, 0))
+        if not self.return_sequence:
+            return (ys[-1] if ys.shape[0] else y), st
+        return jnp.concatenate([y[:, None], jnp.moveaxis(ys, 0, 1)], axis=1), st
 
     def __repr__(self) -> str:
         seq = ", return_sequence=True" if self.return_sequence else ""

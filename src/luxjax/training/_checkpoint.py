@@ -21,8 +21,7 @@ import optax
 import safetensors
 import safetensors.numpy
 
-from ..core import CheckpointError, KeyPath, Layer, Training
-from ..experimental._share import tied_groups
+from ..core import CheckpointError, KeyPath, Layer, Training, tied_groups
 from ._train_state import TrainState
 
 FORMAT = "luxjax.checkpoint"
@@ -216,7 +215,7 @@ def load(path: str | os.PathLike) -> tuple[Any, Any]:
         ...     _ = f.write(b"not a checkpoint")
         >>> load(path)
         Traceback (most recent call last):
-        luxjax.core._errors.CheckpointError: load: ... is truncated or not a luxjax checkpoint: ...
+        luxjax.CheckpointError: load: ... is truncated or not a luxjax checkpoint: ...
     """
     tree = _load(path)["tree"]
     if set(tree) != {"ps", "st"}:

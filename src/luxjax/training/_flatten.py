@@ -8,7 +8,7 @@ from typing import Any
 import jax
 from jax.flatten_util import ravel_pytree
 
-from ..experimental._share import share_parameters, tied_groups
+from ..core import share_parameters, tied_groups
 from ._train_state import expand_ties, reduce_ties
 
 

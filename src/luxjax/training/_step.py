@@ -12,8 +12,7 @@ from typing import Any
 import jax
 import optax
 
-from ..core import KeyPath
-from ..experimental._share import Groups, replace_at
+from ..core import Groups, KeyPath, replace_at
 from ._train_state import TrainState, expand_ties, optimizer_promotion, reduce_ties
 
 Objective = Callable[[Any, Any, Any, Any], tuple[Any, Any, Any]]

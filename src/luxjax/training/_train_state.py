@@ -9,8 +9,7 @@ from typing import Any
 import jax
 import optax
 
-from ..core import Layer, NotALayerError
-from ..experimental._share import Groups, replace_at, share_parameters, tie, tied_groups
+from ..core import Groups, Layer, NotALayerError, replace_at, share_parameters, tie, tied_groups
 
 
 @contextlib.contextmanager

@@ -1,0 +1,205 @@
+"""The one walker over a model's layers, and abstract initialisation (shapes without arrays).
+
+Everything that visits a model's layers (display, counts, `layer_at`, `layer_map`, freezing,
+debug mode) goes through `iter_layers` or `map_layers`; everything that needs the shapes a
+layer initialises goes through `abstract_init`. Both rely only on the layer protocol
+(`children()`, `is_wrapper`, `replace_children`, `init_params`, `init_state`), so this module
+imports no layer class.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._keypath import KeyPath
+from ._state import Training
+
+What = Literal["params", "state"]
+_INIT = {"params": "init_params", "state": "init_state"}
+
+
+@functools.cache
+def dummy_key() -> jax.Array:
+    """The key abstract initialisation traces with; made on first use, so importing luxjax starts no backend."""
+    return jax.random.key(0)
+
+
+_ASSEMBLED: set[Callable] = set()
+
+
+def assembled(init: Callable) -> Callable:
+    """Marks an `init_params`/`init_state` that only assembles the children's trees.
+
+    `abstract_init` and the counts then work child by child (each distinct leaf traced once)
+    instead of tracing the whole container.
+    """
+    _ASSEMBLED.add(init)
+    return init
+
+
+# -- walking the layer tree ---------------------------------------------------------------------
+
+
+def iter_layers(model: Any, path: KeyPath | None = None) -> Iterator[tuple[KeyPath, Any]]:
+    """Every layer of `model` with its path, depth-first in child order, a container before its children.
+
+    A wrapper and the layer inside it share one path (the wrapper comes first), as paths
+    follow `ps`, where a wrapper adds no level.
+
+    Example:
+        >>> import luxjax as lx
+        >>> from luxjax.core import iter_layers
+        >>> [str(path) for path, _ in iter_layers(lx.Chain(a=lx.Dense(2, 2), b=lx.Dense(2, 1)))]
+        ['', 'a', 'b']
+    """
+    path = KeyPath() if path is None else path
+    yield path, model
+    for name, child in model.children().items():
+        yield from iter_layers(child, path if model.is_wrapper else path / name)
+
+
+def map_layers(
+    fn: Callable[[Any, KeyPath], Any],
+    model: Any,
+    path: KeyPath | None = None,
+    *,
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> Any:
+    """`fn(layer, path)` on every leaf layer (one with no child layers), rebuilding the model from the results.
+
+    `is_leaf(layer)`, as in `jax.tree.map`, makes more layers leaves: `fn` gets them whole.
+    Containers whose children all come back unchanged (`is`) are kept as they are.
+
+    Example:
+        >>> import luxjax as lx
+        >>> from luxjax.core import map_layers
+        >>> map_layers(lambda layer, path: lx.Dense(2, 3) if path == ("b",) else layer,
+        ...            lx.Chain(a=lx.Dense(2, 2), b=lx.Dense(2, 1)))
+        Chain(a=Dense(2 => 2), b=Dense(2 => 3))
+    """
+    path = KeyPath() if path is None else path
+    children = model.children()
+    if not children or (is_leaf is not None and is_leaf(model)):
+        return fn(model, path)
+    new = {
+        name: map_layers(fn, child, path if model.is_wrapper else path / name, is_leaf=is_leaf)
+        for name, child in children.items()
+    }
+    return model.replace_children(new) if any(new[n] is not c for n, c in children.items()) else model
+
+
+# -- abstract initialisation --------------------------------------------------------------------
+
+
+def _trace(layer: Any, what: What) -> Any:
+    init = getattr(layer, _INIT[what])
+    traced: list[Any] = []
+
+    def run(key: jax.Array) -> Any:
+        traced.append(tree := init(key))
+        return tree
+
+    shapes = jax.eval_shape(run, dummy_key())
+    return _in_order(traced[0], shapes)  # eval_shape sorts dict keys; keep the layer's own order
+
+
+def _in_order(order: Any, tree: Any) -> Any:
+    if isinstance(order, Mapping) and isinstance(tree, Mapping):
+        return {k: _in_order(order[k], tree[k]) for k in order if k in tree}
+    return tree
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached(layer: Any, what: What) -> Any:
+    return _trace(layer, what)
+
+
+def _hashable(layer: Any) -> bool:
+    try:
+        hash(layer)
+    except TypeError:
+        return False
+    return True
+
+
+def _assembled(layer: Any, what: What) -> bool:
+    return getattr(type(layer), _INIT[what]) in _ASSEMBLED
+
+
+def abstract_init(layer: Any, what: What) -> Any:
+    """The tree `layer.init_params` (`"params"`) or `layer.init_state` (`"state"`) makes, as shapes.
+
+    Leaves are `jax.ShapeDtypeStruct`s (the training flag stays a `Training`), dict keys keep
+    the layer's own order, and no array is made. Each distinct leaf layer is traced once
+    (`jax.eval_shape`, in a bounded cache); containers and wrappers that only assemble their
+    children's trees are assembled from those.
+
+    Example:
+        >>> import luxjax as lx
+        >>> from luxjax.core import abstract_init
+        >>> abstract_init(lx.Chain(lx.Dense(2, 3)), "params")["layer_1"]["weight"].shape
+        (3, 2)
+    """
+    if _assembled(layer, what):
+        children = layer.children()
+        if layer.is_wrapper:
+            return abstract_init(next(iter(children.values())), what)
+        return {name: abstract_init(child, what) for name, child in children.items()}
+    return _cached(layer, what) if _hashable(layer) else _trace(layer, what)
+
+
+def count_tree(tree: Any) -> int:
+    """The number of scalars in a tree of arrays or shapes; a training flag counts 1."""
+    leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, Training))
+    return sum(1 if isinstance(leaf, Training) else int(np.prod(leaf.shape, dtype=np.int64)) for leaf in leaves)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_count(layer: Any, what: What) -> int:
+    return count(layer, what)
+
+
+def count(layer: Any, what: What) -> int:
+    """The number of scalars `layer` initialises (`"params"` or `"state"`), from shapes alone."""
+    if _assembled(layer, what):
+        return sum(
+            _cached_count(child, what) if _hashable(child) else count(child, what)
+            for child in layer.children().values()
+        )
+    return count_tree(abstract_init(layer, what))
+
+
+# -- does a tree fit a template? ----------------------------------------------------------------
+
+
+def _skeleton(tree: Any) -> Any:
+    return jax.tree.structure(jax.tree.map(lambda _: 0, tree, is_leaf=lambda x: isinstance(x, Training)))
+
+
+def _shapes(tree: Any) -> dict[str, Any]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, Training))[0]
+    return {
+        str(KeyPath.from_jax(path)) or "(the root)": "flag" if isinstance(leaf, Training) else tuple(jnp.shape(leaf))
+        for path, leaf in leaves
+    }
+
+
+def misfit(template: Any, tree: Any) -> str:
+    """Empty if `tree` has `template`'s structure and shapes, else what differs (dtypes may differ)."""
+    expected, got = _shapes(template), _shapes(tree)
+    if _skeleton(template) == _skeleton(tree):
+        wrong = [f"{k!r} has shape {got[k]}, expected {v}" for k, v in expected.items() if got[k] != v]
+        return "; ".join(wrong[:5]) + ("." if wrong else "")
+    missing = [repr(k) for k in expected if k not in got]
+    extra = [repr(k) for k in got if k not in expected]
+    parts = [f"missing {', '.join(missing)}"] if missing else []
+    parts += [f"unexpected {', '.join(extra)}"] if extra else []
+    if not parts:
+        parts = [f"expected the tree {_skeleton(template)}, got {_skeleton(tree)}"]
+    return "; ".join(parts) + "."
