@@ -24,4 +24,3 @@ def test_public_name_has_docstring_with_example(module, name, obj):
     assert doc.strip(), f"{module}.{name} has no docstring"
     if not (isinstance(obj, type) and issubclass(obj, BaseException)):
         assert "Example" in doc, f"{module}.{name}'s docstring has no example"
-

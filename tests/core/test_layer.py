@@ -44,7 +44,7 @@ def test_layers_are_immutable_hashable_and_equal_by_value():
     a, b = lx.Dense(2, 3, jax.nn.relu), lx.Dense(2, 3, jax.nn.relu)
     assert a == b and hash(a) == hash(b)
     assert a != lx.Dense(2, 3)
-    with pytest.raises(AttributeError, match=r"Dense is immutable; make a changed copy: `dataclasses.replace\(layer, in_dims=...\)`"):
+    with pytest.raises(AttributeError, match=r"Dense is immutable; make a changed copy: `dataclasses.replace\(layer"):
         a.in_dims = 5
 
 
