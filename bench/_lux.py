@@ -1,11 +1,5 @@
 """luxjax: the same models as layers plus `ps`/`st` trees, trained with a user-written `jax.jit`
-step and with luxjax's own `luxjax.training.single_train_step`.
-
-Pieces that have not landed in luxjax yet raise `NotMeasured` with the reason, so the table
-says what is missing instead of leaving a silent gap.
-"""
-
-import importlib
+step and with luxjax's own `luxjax.training.single_train_step`."""
 
 import jax
 import jax.numpy as jnp
@@ -15,14 +9,6 @@ import luxjax as lx
 
 from ._harness import NotMeasured
 from ._workloads import LEARNING_RATE
-
-
-def need(module: str, name: str, why: str):
-    """`module.name`, or `NotMeasured` naming what is missing."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        raise NotMeasured(f"`{module}.{name}` is not in luxjax yet ({why})") from None
 
 
 def _dense_ps(p):
@@ -68,18 +54,16 @@ def step_runner(model, ps, st, loss, batch, wrap=None, donate=False):
 
 def train_state_runner(model, ps, st, loss, batch):
     """luxjax's own helper: `TrainState` + `single_train_step(objective, data, ts)`."""
-    train_state = need("luxjax.training", "TrainState", "issue 7, branch `training`")
-    single_train_step = need("luxjax.training", "single_train_step", "issue 7, branch `training`")
 
     def objective(model, ps, st, data):
         x, y = data
         out, st = model(x, ps, st)
         return loss(out, y), st, {}
 
-    holder = [train_state(model, ps, st, optax.adam(LEARNING_RATE))]
+    holder = [lx.training.TrainState(model, ps, st, optax.adam(LEARNING_RATE))]
 
     def step():
-        _, value, _, holder[0] = single_train_step(objective, batch, holder[0])
+        _, value, _, holder[0] = lx.training.single_train_step(objective, batch, holder[0])
         return value
 
     return step
@@ -87,19 +71,17 @@ def train_state_runner(model, ps, st, loss, batch):
 
 def freeze_backbone(model, ps, st):
     """Freezes every child but the last: `freeze(model, ps, st, ("layer_1", ..., "layer_{n-1}"))`."""
-    freeze = need("luxjax.experimental", "freeze", "issue 4, branch `surgery`")
-    return freeze(model, ps, st, tuple(model.children())[:-1])
+    return lx.experimental.freeze(model, ps, st, tuple(model.children())[:-1])
 
 
 def debug(model):
     """`debug_mode(model, nan_check="both")`: NaN checks in the forward and the backward pass."""
-    debug_mode = need("luxjax.experimental", "debug_mode", "issue 6, branch `debug`")
-    return debug_mode(model, nan_check="both")
+    return lx.experimental.debug_mode(model, nan_check="both")
 
 
 def raise_nan_errors(fn):
     """luxjax's helper that waits for each call and re-raises a NaN found under jit as `NaNError`."""
-    return need("luxjax.experimental", "raise_nan_errors", "issue 6, branch `debug`")(fn)
+    return lx.experimental.raise_nan_errors(fn)
 
 
 def cnn(params):
@@ -107,11 +89,10 @@ def cnn(params):
 
     luxjax's `Conv` is a cross-correlation with an HWIO weight, like the canonical layout.
     """
-    conv = need("luxjax", "Conv", "issue 3, branch `zoo`")
     layers, ps = [], {}
     for i, p in enumerate(params["convs"]):
         kh, kw, c_in, c_out = p["kernel"].shape
-        layers.append(conv((kh, kw), c_in, c_out, jax.nn.relu))
+        layers.append(lx.Conv((kh, kw), c_in, c_out, jax.nn.relu))
         ps[f"layer_{i + 1}"] = {"weight": jnp.asarray(p["kernel"]), "bias": jnp.asarray(p["bias"])}
     n = len(layers)
     layers += [lx.FlattenLayer(), lx.Dense(*params["head"]["weight"].shape[::-1])]
@@ -123,13 +104,11 @@ def cnn(params):
 def transformer(params, heads):
     """Pre-LN blocks: `SkipConnection(Chain(LayerNorm, MultiHeadAttention), +)` then
     `SkipConnection(Chain(LayerNorm, Dense(gelu), Dense), +)`, with the canonical weights."""
-    layer_norm = need("luxjax", "LayerNorm", "issue 3, branch `zoo`")
-    attention = need("luxjax", "MultiHeadAttention", "issue 3, branch `zoo2`")
     blocks, ps = [], {}
     for i, p in enumerate(params):
         d, hidden = p["ln1"]["scale"].shape[0], p["fc1"]["weight"].shape[0]
-        attn = lx.Chain(ln=layer_norm(d), mha=attention(d, heads))
-        mlp = lx.Chain(ln=layer_norm(d), fc1=lx.Dense(d, hidden, jax.nn.gelu), fc2=lx.Dense(hidden, d))
+        attn = lx.Chain(ln=lx.LayerNorm(d), mha=lx.MultiHeadAttention(d, heads))
+        mlp = lx.Chain(ln=lx.LayerNorm(d), fc1=lx.Dense(d, hidden, jax.nn.gelu), fc2=lx.Dense(hidden, d))
         blocks.append(lx.Chain(attn=lx.SkipConnection(attn, jnp.add), mlp=lx.SkipConnection(mlp, jnp.add)))
         projections = {f"{n}_proj": _dense_ps(p["attn"][n]) for n in "qkv"} | {"out_proj": _dense_ps(p["attn"]["o"])}
         ps[f"layer_{i + 1}"] = {

@@ -177,11 +177,10 @@ def structure_ops(n_layers):
     ps, st = lx.setup(jax.random.key(0), model)
 
     def layer_map():
-        layer_map = _lux.need("luxjax.experimental", "layer_map", "issue 5")
-        return layer_map(lambda layer, p, s, path: (layer, p, s), model, ps, st)
+        return lx.experimental.layer_map(lambda layer, p, s, path: (layer, p, s), model, ps, st)
 
     def debug_mode():
-        return _lux.need("luxjax.experimental", "debug_mode", "issue 6, branch `debug`")(model)
+        return lx.experimental.debug_mode(model)
 
     def show():
         out = io.StringIO()

@@ -32,6 +32,7 @@ from ._tree import leaves_with_paths as leaves_with_paths
 from ._tree import replace_at as replace_at
 from ._tree import tie as tie
 from ._tree import tied_groups as tied_groups
+from ._walk import What as What
 from ._walk import abstract_init as abstract_init
 from ._walk import assembled as assembled
 from ._walk import count_tree as count_tree

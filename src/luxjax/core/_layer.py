@@ -42,7 +42,7 @@ class _LayerMeta(type):
     """Opens a layer's fields for assignment while its constructor runs, and closes them after."""
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        layer = cls.__new__(cls)
+        layer = object.__new__(cls)
         _BUILDING.add(id(layer))
         try:
             layer.__init__(*args, **kwargs)

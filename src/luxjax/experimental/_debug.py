@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from ..core import ConfigError, KeyPath, Layer, NaNError, WrapperLayer, check_layer_argument, field, map_layers
 
@@ -234,7 +235,7 @@ class DebugLayer(WrapperLayer):
                 for check in checks:
                     found.append((check.kind, what, inside))
                     flags.append(check.flag(leaf))
-        if not any(isinstance(flag, jax.core.Tracer) for flag in flags):
+        if not any(isinstance(flag, Tracer) for flag in flags):
             for entry, flag in zip(found, flags):
                 if bool(flag):
                     raise self._error(entry, pass_)

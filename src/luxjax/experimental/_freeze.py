@@ -127,7 +127,7 @@ def freeze(layer: Layer, *args: Any, which_params: Names = _MISSING, where: Wher
     if len(args) in (1, 3):
         if which_params is not _MISSING:
             raise TypeError("freeze: `which_params` given twice, by position and by name.")
-        which_params = args[-1]
+        which_params = args[len(args) - 1]
     check_layer_argument("freeze", layer, "`layer`")
     four = len(args) >= 2
     # The two-argument form is the four-argument one on the trees' shapes.

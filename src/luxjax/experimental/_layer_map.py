@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..core import KeyPath, Layer, NotALayerError, StructureError, abstract_init, iter_layers, misfit
+from ..core import KeyPath, Layer, NotALayerError, StructureError, What, abstract_init, iter_layers, misfit
 
 LayerFn = Callable[[Layer, Any, Any, KeyPath], tuple[Layer, Any, Any]]
 
@@ -93,16 +93,20 @@ def _call_leaf(f: LayerFn, layer: Layer, ps: Any, st: Any, path: KeyPath) -> tup
             f"{type(result).__name__} {result!r:.200}."
         )
     new_layer, new_ps, new_st = result
-    same_layer = new_layer is layer
-    for new, old, what in ((new_ps, ps, "params"), (new_st, st, "state")):
-        if same_layer and new is old:
-            continue
-        problem = misfit(abstract_init(new_layer, what), new)
-        if problem:
-            named = "parameters" if what == "params" else "states"
-            detail = f"`f` of layer_map returned {named} that do not fit the layer: {problem}"
-            raise StructureError(new_layer, detail, path=path)
+    if new_layer is not layer or new_ps is not ps:
+        _check_fit(new_layer, new_ps, "params", path)
+    if new_layer is not layer or new_st is not st:
+        _check_fit(new_layer, new_st, "state", path)
     return result
+
+
+def _check_fit(layer: Layer, tree: Any, what: What, path: KeyPath) -> None:
+    problem = misfit(abstract_init(layer, what), tree)
+    if problem:
+        named = "parameters" if what == "params" else "states"
+        raise StructureError(
+            layer, f"`f` of layer_map returned {named} that do not fit the layer: {problem}", path=path
+        )
 
 
 # -- from a path to the layer there -------------------------------------------------------------

@@ -224,12 +224,12 @@ class ConvTranspose(_ConvBase):
         return (*self.kernel_size, self.out_channels // self.groups, self.in_channels)
 
     def _crops(self, spatial: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+        if not isinstance(self.padding, str):
+            return self.padding
         if self.padding == "VALID":
             return ((0, 0),) * len(spatial)
-        if self.padding == "SAME":
-            total = [(k - 1) * d + 1 - s for k, d, s in zip(self.kernel_size, self.dilation, self.stride)]
-            return tuple((t // 2, t - t // 2) for t in total)
-        return self.padding
+        total = [(k - 1) * d + 1 - s for k, d, s in zip(self.kernel_size, self.dilation, self.stride)]
+        return tuple((t // 2, t - t // 2) for t in total)
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
         n, g = len(self.kernel_size), self.groups

@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from ..core import Layer, ShapeError
 from ._util import Initializer, check_positive, standard_normal
@@ -62,7 +63,7 @@ class Embedding(Layer):
                 self,
                 f"expected integer indices in [0, {self.vocab_size}), got dtype {dtype} of shape {jnp.shape(x)}.",
             )
-        if not isinstance(x, jax.core.Tracer):
+        if not isinstance(x, Tracer):
             values = np.asarray(x)
             bad = values[(values < 0) | (values >= self.vocab_size)]
             if bad.size:

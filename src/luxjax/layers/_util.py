@@ -128,11 +128,11 @@ def explicit_padding(
     padding: Padding, spatial: tuple[int, ...], window: tuple[int, ...], stride: tuple[int, ...]
 ) -> tuple[tuple[int, int], ...]:
     """The `(lo, hi)` pairs a padding mode means for `spatial` input sizes and (dilated) `window`."""
+    if not isinstance(padding, str):
+        return padding
     if padding == "VALID":
         return ((0, 0),) * len(spatial)
-    if padding == "SAME":
-        return tuple(jax.lax.padtype_to_pads(spatial, window, stride, "SAME"))
-    return tuple(padding)
+    return tuple(jax.lax.padtype_to_pads(spatial, window, stride, "SAME"))
 
 
 def check_window_fits(

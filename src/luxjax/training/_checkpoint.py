@@ -51,7 +51,7 @@ class _Encoder:
     def encode(self, node: Any, path: KeyPath) -> Any:
         if isinstance(node, Training):
             return {"t": "training", "value": bool(node)}
-        if isinstance(node, jax.Array) and jax.dtypes.issubdtype(node.dtype, jax.dtypes.prng_key):
+        if isinstance(node, jax.Array) and jnp.issubdtype(node.dtype, jax.dtypes.prng_key):
             impl = str(jax.random.key_impl(node))
             return {"t": "key", "impl": impl, "name": self.tensor(jax.random.key_data(node))}
         if isinstance(node, (jax.Array, np.ndarray)):
@@ -74,7 +74,7 @@ class _Encoder:
         )
 
 
-def _decode(node: Any, arrays: dict[str, Any], where: str) -> Any:
+def _decode(node: Any, arrays: dict[Any, Any], where: str) -> Any:
     kind = node.get("t") if isinstance(node, dict) else None
     if kind == "dict":
         return {k: _decode(v, arrays, where) for k, v in node["items"]}

@@ -51,7 +51,7 @@ def _update(optimizer: optax.GradientTransformation, ties: Groups, reduced: Any,
         return optax.apply_updates(reduced, updates), opt_state
 
 
-def _build(kind: str, objective: Objective | None, model: Any, optimizer: Any, ties: Groups) -> Callable:
+def _build(kind: str, objective: Any, model: Any, optimizer: Any, ties: Groups) -> Callable:
     if kind == "single":
 
         def single(reduced, st, opt_state, data):
