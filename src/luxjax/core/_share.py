@@ -25,7 +25,7 @@ def _get(fn: str, ps: Any, accessor: str) -> Any:
     path = KeyPath.parse(accessor)
     for depth, key in enumerate(path):
         if not isinstance(node, Mapping) or key not in node:
-            where = str(path[:depth]) or "the root"
+            where = path[:depth].label()
             have = _describe(list(node)) if isinstance(node, Mapping) else f"a {type(node).__name__}"
             raise ValueError(f"{fn}: `ps` has no {accessor!r}: no key {key!r} at {where}, which has {have}.")
         node = node[key]

@@ -185,7 +185,7 @@ def _skeleton(tree: Any) -> Any:
 def _shapes(tree: Any) -> dict[str, Any]:
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, Training))[0]
     return {
-        str(KeyPath.from_jax(path)) or "(the root)": "flag" if isinstance(leaf, Training) else tuple(jnp.shape(leaf))
+        KeyPath.from_jax(path).label(): "flag" if isinstance(leaf, Training) else tuple(jnp.shape(leaf))
         for path, leaf in leaves
     }
 
