@@ -48,6 +48,7 @@ def check_layer(
     atol: float = 1e-5,
     check_gradients: bool = True,
     check_vmap: bool = True,
+    check_unfreeze: bool = True,
 ) -> None:
     """Runs luxjax's layer contract on `model` with input `x`; raises `AssertionError` on failure.
 
@@ -62,7 +63,11 @@ def check_layer(
        differences (`jax.test_util.check_grads`, reverse mode);
     6. `jax.vmap` over an extra leading axis gives each sample's eager result;
     7. `luxjax.experimental.layer_map` visits only paths that exist in `ps` and `st`, hands
-       `f` exactly the entries at those paths, and the identity map changes nothing.
+       `f` exactly the entries at those paths, and the identity map changes nothing;
+    8. `luxjax.experimental.freeze(model, ps, st)` gives a model without parameters and with
+       the same output, and `unfreeze` gives back `model`, the very same `ps` arrays and a
+       state of the same structure (`check_unfreeze=False` skips the `unfreeze` half, for a
+       model holding a `FrozenLayer`: `unfreeze` removes that one too).
 
     Example:
         >>> import jax.numpy as jnp, luxjax as lx
@@ -112,6 +117,7 @@ def check_layer(
         _assert_close(model, "vmap output", y_vmap, expected, 1e-4, 1e-4)
 
     _check_layer_map(model, ps, st)
+    _check_freeze(model, x, ps, st, y, rtol, atol, check_unfreeze)
 
 
 def _check_layer_map(model: Layer, ps: Any, st: Any) -> None:
@@ -135,3 +141,24 @@ def _check_layer_map(model: Layer, ps: Any, st: Any) -> None:
             a is not b for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old))
         ):
             raise _fail(model, f"layer_map with the identity function changed {what}")
+
+
+def _check_freeze(
+    model: Layer, x: Any, ps: Any, st: Any, y: Any, rtol: float, atol: float, check_unfreeze: bool
+) -> None:
+    from ..experimental import freeze, unfreeze
+
+    frozen, frozen_ps, frozen_st = freeze(model, ps, st)
+    if parameter_count(frozen) != 0:
+        raise _fail(model, f"freeze left {parameter_count(frozen)} parameters in {frozen!r}")
+    _assert_close(model, "frozen output", frozen(x, frozen_ps, frozen_st)[0], y, rtol, atol)
+    if not check_unfreeze:
+        return
+    thawed, thawed_ps, thawed_st = unfreeze(frozen, frozen_ps, frozen_st)
+    if thawed != model:
+        raise _fail(model, f"unfreeze(freeze(model)) gave back {thawed!r}")
+    if jax.tree.structure(thawed_ps) != jax.tree.structure(ps) or any(
+        a is not b for a, b in zip(jax.tree.leaves(thawed_ps), jax.tree.leaves(ps))
+    ):
+        raise _fail(model, "unfreeze(freeze(model, ps, st)) did not give back the very same arrays of ps")
+    _same_structure(model, "the state after unfreeze(freeze(model, ps, st))", thawed_st, st)
