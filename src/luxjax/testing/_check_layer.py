@@ -1,5 +1,6 @@
 """`check_layer`: the contract battery every luxjax layer passes."""
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -48,6 +49,7 @@ def check_layer(
     atol: float = 1e-5,
     check_gradients: bool = True,
     check_vmap: bool = True,
+    check_unfreeze: bool = True,
 ) -> None:
     """Runs luxjax's layer contract on `model` with input `x`; raises `AssertionError` on failure.
 
@@ -62,7 +64,14 @@ def check_layer(
        differences (`jax.test_util.check_grads`, reverse mode);
     6. `jax.vmap` over an extra leading axis gives each sample's eager result;
     7. `luxjax.experimental.layer_map` visits only paths that exist in `ps` and `st`, hands
-       `f` exactly the entries at those paths, and the identity map changes nothing.
+       `f` exactly the entries at those paths, and the identity map changes nothing;
+    8. `luxjax.experimental.freeze(model, ps, st)` gives a model without parameters and with
+       the same output, and `unfreeze` gives back `model`, the very same `ps` arrays and a
+       state of the same structure (`check_unfreeze=False` skips the `unfreeze` half, for a
+       model holding a `FrozenLayer`: `unfreeze` removes that one too);
+    9. `luxjax.experimental.debug_mode(model)` prints, takes the same `ps` and `st`, and gives
+       bit-identical output and new state eagerly, and the same parameter gradients (up to
+       float rounding).
 
     Example:
         >>> import jax.numpy as jnp, luxjax as lx
@@ -92,17 +101,17 @@ def check_layer(
     through_cond = jax.jit(lambda p, x, ps, st: jax.lax.cond(p, lambda: model(x, ps, st)[1], lambda: st))
     _same_structure(model, "the state through lax.cond", through_cond(True, x, ps, st), st)
 
+    direction = jax.tree.map(lambda a: jax.random.normal(jax.random.key(1), jnp.shape(a)), y)
+
+    def objective(layer: Layer, ps: Any, x: Any) -> jax.Array:
+        out = layer(x, ps, st)[0]
+        return sum(jnp.vdot(a, d) for a, d in zip(jax.tree.leaves(out), jax.tree.leaves(direction)))
+
     if check_gradients:
-        direction = jax.tree.map(lambda a: jax.random.normal(jax.random.key(1), jnp.shape(a)), y)
-
-        def objective(ps: Any, x: Any) -> jax.Array:
-            out = model(x, ps, st)[0]
-            return sum(jnp.vdot(a, d) for a, d in zip(jax.tree.leaves(out), jax.tree.leaves(direction)))
-
         if _float_leaves(ps):
-            check_grads(lambda ps: objective(ps, x), (ps,), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
+            check_grads(lambda ps: objective(model, ps, x), (ps,), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
         if _float_leaves(x):
-            check_grads(lambda x: objective(ps, x), (x,), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
+            check_grads(lambda x: objective(model, ps, x), (x,), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
 
     if check_vmap:
         x2 = jax.tree.map(lambda a: a * 0.5 if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a[::-1], x)
@@ -112,6 +121,8 @@ def check_layer(
         _assert_close(model, "vmap output", y_vmap, expected, 1e-4, 1e-4)
 
     _check_layer_map(model, ps, st)
+    _check_freeze(model, x, ps, st, y, rtol, atol, check_unfreeze)
+    _check_debug_mode(model, x, ps, st, y, new_st, objective if check_gradients else None)
 
 
 def _check_layer_map(model: Layer, ps: Any, st: Any) -> None:
@@ -135,3 +146,47 @@ def _check_layer_map(model: Layer, ps: Any, st: Any) -> None:
             a is not b for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old))
         ):
             raise _fail(model, f"layer_map with the identity function changed {what}")
+
+
+def _check_freeze(
+    model: Layer, x: Any, ps: Any, st: Any, y: Any, rtol: float, atol: float, check_unfreeze: bool
+) -> None:
+    from ..experimental import freeze, unfreeze
+
+    frozen, frozen_ps, frozen_st = freeze(model, ps, st)
+    if parameter_count(frozen) != 0:
+        raise _fail(model, f"freeze left {parameter_count(frozen)} parameters in {frozen!r}")
+    _assert_close(model, "frozen output", frozen(x, frozen_ps, frozen_st)[0], y, rtol, atol)
+    if not check_unfreeze:
+        return
+    thawed, thawed_ps, thawed_st = unfreeze(frozen, frozen_ps, frozen_st)
+    if thawed != model:
+        raise _fail(model, f"unfreeze(freeze(model)) gave back {thawed!r}")
+    if jax.tree.structure(thawed_ps) != jax.tree.structure(ps) or any(
+        a is not b for a, b in zip(jax.tree.leaves(thawed_ps), jax.tree.leaves(ps))
+    ):
+        raise _fail(model, "unfreeze(freeze(model, ps, st)) did not give back the very same arrays of ps")
+    _same_structure(model, "the state after unfreeze(freeze(model, ps, st))", thawed_st, st)
+
+
+def _check_debug_mode(
+    model: Layer, x: Any, ps: Any, st: Any, y: Any, new_st: Any, objective: Callable[..., jax.Array] | None
+) -> None:
+    """Eagerly the debug model runs the very same operations: results must be bit-identical.
+
+    Gradients may differ by float rounding where a layer runs its children in compiled code
+    (`Recurrence`'s `lax.scan`): there the backward check's `custom_vjp` changes how XLA
+    computes the gradient, not what it computes.
+    """
+    from ..experimental import debug_mode
+
+    debug = debug_mode(model)
+    if not repr(debug) or not display(debug):
+        raise _fail(model, "printing debug_mode(model) gave an empty string")
+    y_debug, st_debug = debug(x, ps, st)
+    _assert_close(model, "debug_mode output", y_debug, y, 0, 0)
+    _assert_close(model, "debug_mode new state", st_debug, new_st, 0, 0)
+    if objective is not None and _float_leaves(ps):
+        expected = jax.grad(lambda ps: objective(model, ps, x))(ps)
+        actual = jax.grad(lambda ps: objective(debug, ps, x))(ps)
+        _assert_close(model, "debug_mode gradient", actual, expected, 1e-6, 1e-6)

@@ -1,0 +1,91 @@
+"""Every exported layer passes `luxjax.testing.check_layer` on at least one example."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import luxjax as lx
+import luxjax.experimental as lxe
+from luxjax.testing import check_layer
+
+ABSTRACT = {lx.Layer, lx.ContainerLayer, lx.WrapperLayer}
+
+
+def x(*shape, seed=0):
+    # NumPy's generator: jax.random would compile once per shape, a second or more in all.
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def exported_layers():
+    return {
+        value
+        for module in (lx, lxe)
+        for value in vars(module).values()
+        if isinstance(value, type) and issubclass(value, lx.Layer) and value not in ABSTRACT
+    }
+
+
+def registry():
+    """Examples per exported layer: `(model, input)`, or `(model, input, check_layer options)`."""
+    return {
+        lx.Dense: [(lx.Dense(3, 2, jnp.tanh), x(4, 3))],
+        lx.Chain: [(lx.Chain(lx.Dense(2, 3), lx.BatchNorm(3, jnp.tanh), lx.Dense(3, 2)), x(4, 2))],
+        lx.Parallel: [(lx.Parallel(jnp.add, lx.Dense(2, 3), lx.Dense(2, 3, jnp.tanh)), x(3, 2))],
+        lx.BranchLayer: [(lx.BranchLayer(lx.Dense(2, 3), lx.Dense(2, 1)), x(3, 2))],
+        lx.PairwiseFusion: [(lx.PairwiseFusion(jnp.add, lx.Dense(2, 2), lx.Dense(2, 2)), x(3, 2))],
+        lx.SkipConnection: [
+            (lx.SkipConnection(lx.Dense(2, 2, jnp.tanh), jnp.add), x(3, 2)),
+            (lx.SkipConnection(lx.Dense(2, 2), lx.WrappedFunction(lambda pair: pair[0] * pair[1])), x(3, 2)),
+        ],
+        lx.Recurrence: [
+            (lx.Recurrence(lx.LSTMCell(2, 3), return_sequence=True), x(2, 3, 2)),
+            # Under debug_mode its gradient differs by an ulp (inside lax.scan): the tolerance's witness.
+            (lx.Recurrence(lx.GRUCell(2, 3)), x(2, 3, 2)),
+        ],
+        lx.LSTMCell: [(lx.LSTMCell(2, 3), x(2, 2))],
+        lx.GRUCell: [(lx.GRUCell(2, 3), x(2, 2))],
+        lx.MultiHeadAttention: [(lx.MultiHeadAttention(4, 2), x(2, 3, 4))],
+        lx.Conv: [(lx.Conv((3, 3), 2, 3, jnp.tanh, stride=2, padding=1), x(1, 5, 4, 2))],
+        lx.ConvTranspose: [(lx.ConvTranspose((2, 2), 2, 1, stride=2), x(1, 2, 3, 2))],
+        lx.MaxPool: [(lx.MaxPool((2, 2)), x(1, 4, 4, 2))],
+        lx.MeanPool: [(lx.MeanPool(2, stride=1, padding=1), x(2, 3, 2))],
+        lx.GlobalMaxPool: [(lx.GlobalMaxPool(), x(2, 3, 3, 2))],
+        lx.GlobalMeanPool: [(lx.GlobalMeanPool(), x(2, 3, 2))],
+        lx.AdaptiveMaxPool: [(lx.AdaptiveMaxPool((2, 2)), x(1, 5, 3, 2))],
+        lx.AdaptiveMeanPool: [(lx.AdaptiveMeanPool(2), x(2, 5, 2))],
+        lx.BatchNorm: [(lx.BatchNorm(2), x(4, 2))],
+        lx.LayerNorm: [(lx.LayerNorm(3), x(2, 3))],
+        lx.GroupNorm: [(lx.GroupNorm(4, 2), x(2, 3, 4))],
+        # Training mode: the mask depends only on st["key"], so finite differences are valid.
+        lx.Dropout: [(lx.Dropout(0.3), x(4, 3))],
+        lx.Embedding: [(lx.Embedding(5, 3), jnp.array([[0, 4, 2], [1, 1, 3]]))],
+        lx.WrappedFunction: [(lx.WrappedFunction(jnp.sin), x(3, 2))],
+        lx.NoOpLayer: [(lx.NoOpLayer(), x(3, 2))],
+        lx.ReshapeLayer: [(lx.ReshapeLayer((2, 3)), x(2, 6))],
+        lx.FlattenLayer: [(lx.FlattenLayer(), x(2, 3, 2))],
+        lxe.FrozenLayer: [
+            # unfreeze removes every FrozenLayer, the model's own too: it gives back the Dense.
+            (lxe.FrozenLayer(lx.Dense(2, 3), ("weight",)), x(3, 2), {"check_unfreeze": False}),
+        ],
+        lxe.DebugLayer: [(lxe.DebugLayer(lx.Dense(2, 3, jnp.tanh)), x(3, 2))],
+    }
+
+
+EXAMPLES = [
+    pytest.param(model, input_, options[0] if options else {}, id=f"{cls.__name__}-{i}")
+    for cls, examples in registry().items()
+    for i, (model, input_, *options) in enumerate(examples)
+]
+
+
+@pytest.mark.parametrize(("model", "input_", "options"), EXAMPLES)
+def test_layer_contract(model, input_, options):
+    check_layer(model, input_, **options)
+
+
+def test_every_exported_layer_has_an_example():
+    exported, covered = exported_layers(), set(registry())
+    missing = ", ".join(sorted(cls.__name__ for cls in exported - covered))
+    assert not missing, f"exported layers without an example: {missing}; add an example to tests/test_contract.py"
+    stale = ", ".join(sorted(cls.__name__ for cls in covered - exported))
+    assert not stale, f"examples for layers that are not exported: {stale}"
