@@ -63,10 +63,7 @@ def registry():
         lx.NoOpLayer: [(lx.NoOpLayer(), x(3, 2))],
         lx.ReshapeLayer: [(lx.ReshapeLayer((2, 3)), x(2, 6))],
         lx.FlattenLayer: [(lx.FlattenLayer(), x(2, 3, 2))],
-        lxe.FrozenLayer: [
-            # unfreeze removes every FrozenLayer, the model's own too: it gives back the Dense.
-            (lxe.FrozenLayer(lx.Dense(2, 3), ("weight",)), x(3, 2), {"check_unfreeze": False}),
-        ],
+        lxe.FrozenLayer: [(lxe.FrozenLayer(lx.Dense(2, 3), ("weight",)), x(3, 2))],
         lxe.DebugLayer: [(lxe.DebugLayer(lx.Dense(2, 3, jnp.tanh)), x(3, 2))],
     }
 

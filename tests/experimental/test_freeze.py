@@ -52,10 +52,10 @@ def test_partial_freeze_gradients_only_for_trainable(key):
 
 
 def test_check_layer_on_frozen_layers():
-    # unfreeze removes every FrozenLayer, these ones too, so it cannot give back the model.
-    check_layer(freeze(lx.Dense(2, 3, jnp.tanh), ("weight",)), X, check_unfreeze=False)
-    check_layer(freeze(lx.Chain(lx.Dense(2, 3), RunningMean(3))), X, check_unfreeze=False)
-    check_layer(freeze(lx.Chain(lx.Dense(2, 3), RunningMean(3)), ("layer_2.shift",)), X, check_unfreeze=False)
+    # unfreeze removes every FrozenLayer, these ones too: the battery compares with unfreeze(model).
+    check_layer(freeze(lx.Dense(2, 3, jnp.tanh), ("weight",)), X)
+    check_layer(freeze(lx.Chain(lx.Dense(2, 3), RunningMean(3))), X)
+    check_layer(freeze(lx.Chain(lx.Dense(2, 3), RunningMean(3)), ("layer_2.shift",)), X)
 
 
 def test_unknown_names_list_what_the_layer_has(key):
@@ -175,7 +175,7 @@ def test_frozen_batchnorm_still_updates_its_running_statistics(key):
     # test mode, reached inside the frozen state by lx.testmode, leaves them alone
     _, test_st = frozen(x, ps_f, lx.testmode(st_f))
     np.testing.assert_array_equal(test_st["states"]["running_mean"], st["running_mean"])
-    check_layer(freeze(lx.BatchNorm(3), ("scale",)), x, check_unfreeze=False)  # unfreeze removes the FrozenLayer
+    check_layer(freeze(lx.BatchNorm(3), ("scale",)), x)
 
 
 def test_wrong_state_is_a_clear_error(key):

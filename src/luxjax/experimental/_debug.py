@@ -155,8 +155,10 @@ class DebugLayer(WrapperLayer):
             The keywords are shorthand for it: `nan_check="forward", check_inf=True` is
             `checks=(NaNCheck(("forward",)), InfCheck(("forward",)), ErrorCheck())`.
 
-    `ps` and `st`: those of `layer`, unchanged. Outputs and gradients are bit-identical to
-    those of `layer` when nothing is found.
+    `ps` and `st`: those of `layer`, unchanged. Eagerly, outputs and gradients are
+    bit-identical to those of `layer` when nothing is found; inside compiled code (`jax.jit`,
+    or a layer that compiles its own loop, as `Recurrence` does) the extra checks may change
+    how XLA fuses a reduction, so gradients can differ in the last bit.
 
     A NaN raises `NaNError` naming what held it, the leaf's path inside it, the layer, its
     location and the pass. Eagerly (also in an eager `jax.grad`) it is raised at once.

@@ -49,7 +49,6 @@ def check_layer(
     atol: float = 1e-5,
     check_gradients: bool = True,
     check_vmap: bool = True,
-    check_unfreeze: bool = True,
 ) -> None:
     """Runs luxjax's layer contract on `model` with input `x`; raises `AssertionError` on failure.
 
@@ -66,9 +65,9 @@ def check_layer(
     7. `luxjax.experimental.layer_map` visits only paths that exist in `ps` and `st`, hands
        `f` exactly the entries at those paths, and the identity map changes nothing;
     8. `luxjax.experimental.freeze(model, ps, st)` gives a model without parameters and with
-       the same output, and `unfreeze` gives back `model`, the very same `ps` arrays and a
-       state of the same structure (`check_unfreeze=False` skips the `unfreeze` half, for a
-       model holding a `FrozenLayer`: `unfreeze` removes that one too);
+       the same output, and `unfreeze` gives back what `unfreeze(model, ps, st)` gives (the
+       model itself unless it holds a `FrozenLayer`), with the very same `ps` arrays and a
+       state of the same structure;
     9. `luxjax.experimental.debug_mode(model)` prints, takes the same `ps` and `st`, and gives
        bit-identical output and new state eagerly, and the same parameter gradients (up to
        float rounding).
@@ -105,7 +104,7 @@ def check_layer(
 
     def objective(layer: Layer, ps: Any, x: Any) -> jax.Array:
         out = layer(x, ps, st)[0]
-        return sum(jnp.vdot(a, d) for a, d in zip(jax.tree.leaves(out), jax.tree.leaves(direction)))
+        return sum((jnp.vdot(a, d) for a, d in zip(jax.tree.leaves(out), jax.tree.leaves(direction))), jnp.zeros(()))
 
     if check_gradients:
         if _float_leaves(ps):
@@ -121,7 +120,7 @@ def check_layer(
         _assert_close(model, "vmap output", y_vmap, expected, 1e-4, 1e-4)
 
     _check_layer_map(model, ps, st)
-    _check_freeze(model, x, ps, st, y, rtol, atol, check_unfreeze)
+    _check_freeze(model, x, ps, st, y, rtol, atol)
     _check_debug_mode(model, x, ps, st, y, new_st, objective if check_gradients else None)
 
 
@@ -148,25 +147,23 @@ def _check_layer_map(model: Layer, ps: Any, st: Any) -> None:
             raise _fail(model, f"layer_map with the identity function changed {what}")
 
 
-def _check_freeze(
-    model: Layer, x: Any, ps: Any, st: Any, y: Any, rtol: float, atol: float, check_unfreeze: bool
-) -> None:
+def _check_freeze(model: Layer, x: Any, ps: Any, st: Any, y: Any, rtol: float, atol: float) -> None:
     from ..experimental import freeze, unfreeze
 
     frozen, frozen_ps, frozen_st = freeze(model, ps, st)
     if parameter_count(frozen) != 0:
         raise _fail(model, f"freeze left {parameter_count(frozen)} parameters in {frozen!r}")
     _assert_close(model, "frozen output", frozen(x, frozen_ps, frozen_st)[0], y, rtol, atol)
-    if not check_unfreeze:
-        return
+    # unfreeze removes every FrozenLayer, also those the model held: compare with unfreezing the model itself.
+    expected, expected_ps, expected_st = unfreeze(model, ps, st)
     thawed, thawed_ps, thawed_st = unfreeze(frozen, frozen_ps, frozen_st)
-    if thawed != model:
-        raise _fail(model, f"unfreeze(freeze(model)) gave back {thawed!r}")
-    if jax.tree.structure(thawed_ps) != jax.tree.structure(ps) or any(
-        a is not b for a, b in zip(jax.tree.leaves(thawed_ps), jax.tree.leaves(ps))
+    if thawed != expected:
+        raise _fail(model, f"unfreeze(freeze(model)) gave back {thawed!r}, not {expected!r}")
+    if jax.tree.structure(thawed_ps) != jax.tree.structure(expected_ps) or any(
+        a is not b for a, b in zip(jax.tree.leaves(thawed_ps), jax.tree.leaves(expected_ps))
     ):
         raise _fail(model, "unfreeze(freeze(model, ps, st)) did not give back the very same arrays of ps")
-    _same_structure(model, "the state after unfreeze(freeze(model, ps, st))", thawed_st, st)
+    _same_structure(model, "the state after unfreeze(freeze(model, ps, st))", thawed_st, expected_st)
 
 
 def _check_debug_mode(
