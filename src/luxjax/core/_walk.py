@@ -25,7 +25,7 @@ _INIT = {"params": "init_params", "state": "init_state"}
 
 
 @functools.cache
-def dummy_key() -> jax.Array:
+def _dummy_key() -> jax.Array:
     """The key abstract initialisation traces with; made on first use, so importing luxjax starts no backend."""
     return jax.random.key(0)
 
@@ -105,7 +105,7 @@ def _trace(layer: Any, what: What) -> Any:
         traced.append(tree := init(key))
         return tree
 
-    shapes = jax.eval_shape(run, dummy_key())
+    shapes = jax.eval_shape(run, _dummy_key())
     return _in_order(traced[0], shapes)  # eval_shape sorts dict keys; keep the layer's own order
 
 
@@ -154,7 +154,7 @@ def abstract_init(layer: Any, what: What) -> Any:
     return _cached(layer, what) if _hashable(layer) else _trace(layer, what)
 
 
-def count_tree(tree: Any) -> int:
+def _count_tree(tree: Any) -> int:
     """The number of scalars in a tree of arrays or shapes; a training flag counts 1."""
     leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, Training))
     return sum(1 if isinstance(leaf, Training) else int(np.prod(leaf.shape, dtype=np.int64)) for leaf in leaves)
@@ -172,7 +172,7 @@ def count(layer: Any, what: What) -> int:
             _cached_count(child, what) if _hashable(child) else count(child, what)
             for child in layer.children().values()
         )
-    return count_tree(abstract_init(layer, what))
+    return _count_tree(abstract_init(layer, what))
 
 
 # -- does a tree fit a template? ----------------------------------------------------------------
