@@ -55,8 +55,11 @@ from .layers import NoOpLayer as NoOpLayer
 from .layers import PairwiseFusion as PairwiseFusion
 from .layers import Parallel as Parallel
 from .layers import Recurrence as Recurrence
+from .layers import Remat as Remat
+from .layers import RepeatedLayer as RepeatedLayer
 from .layers import ReshapeLayer as ReshapeLayer
 from .layers import SkipConnection as SkipConnection
+from .layers import Stacked as Stacked
 from .layers import WrappedFunction as WrappedFunction
 
 __version__ = "0.1.0"

@@ -1,3 +1,5 @@
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import luxjax as lx
@@ -26,6 +28,15 @@ def test_get_reports_missing_key():
         lx.KeyPath("a", "c").get(tree)
 
 
-def test_keys_must_be_strings():
-    with pytest.raises(TypeError, match="KeyPath keys must be strings, got 1 of type int"):
-        lx.KeyPath("a", 1)
+def test_keys_are_names_or_block_indices():
+    assert str(lx.KeyPath("blocks", 7, "mlp")) == "blocks.7.mlp"
+    assert lx.KeyPath.parse("blocks.7.mlp") == ("blocks", 7, "mlp")
+    with pytest.raises(TypeError, match=r"KeyPath keys must be strings \(names\) or ints >= 0 .* got 1.5 of"):
+        lx.KeyPath("a", 1.5)
+    with pytest.raises(TypeError, match=r"got -1 of type int"):
+        lx.KeyPath("a", -1)
+
+
+def test_a_block_index_takes_that_block_of_a_stacked_tree():
+    tree = {"blocks": {"w": jnp.arange(6.0).reshape(3, 2)}}
+    np.testing.assert_array_equal(lx.KeyPath("blocks", 2, "w").get(tree), [4.0, 5.0])

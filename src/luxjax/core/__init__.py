@@ -9,12 +9,16 @@ from ._errors import NaNError as NaNError
 from ._errors import NotALayerError as NotALayerError
 from ._errors import ShapeError as ShapeError
 from ._errors import StructureError as StructureError
+from ._errors import recover as recover
+from ._errors import remember as remember
 from ._keypath import KeyPath as KeyPath
 from ._layer import ContainerLayer as ContainerLayer
 from ._layer import Layer as Layer
 from ._layer import WrapperLayer as WrapperLayer
+from ._layer import block_indices as block_indices
 from ._layer import check_layer_argument as check_layer_argument
 from ._layer import field as field
+from ._layer import running_block as running_block
 from ._setup import apply as apply
 from ._setup import parameter_count as parameter_count
 from ._setup import setup as setup
@@ -30,6 +34,8 @@ from ._tree import copy_dicts as copy_dicts
 from ._tree import is_array as is_array
 from ._tree import leaves_with_paths as leaves_with_paths
 from ._tree import replace_at as replace_at
+from ._tree import same_leaves as same_leaves
+from ._tree import stack_blocks as stack_blocks
 from ._tree import tie as tie
 from ._tree import tied_groups as tied_groups
 from ._walk import What as What

@@ -19,7 +19,7 @@ def _counts(layer: Layer, times: int = 1) -> str:
         return ""
 
     def amount(n: int) -> str:
-        return f"{n * times:_}" if times == 1 else f"{n * times:_} ({n:_} x {times})"
+        return f"{n * times:_}" if times == 1 or n == 0 else f"{n * times:_} ({n:_} x {times})"
 
     text = f"{amount(params)} parameters"
     return text + f", plus {amount(states)} non-trainable" if states else text
@@ -54,9 +54,13 @@ def _lines(layer: Layer, prefix: str, depth: int, times: int = 1) -> list[tuple[
     if _is_one_line(layer):
         return [(f"{pad}{prefix}{layer!r},", _counts(layer, times))]
     lines = [(f"{pad}{prefix}{type(layer).__name__}(", "")]
+    copies = layer.copies()
     for label, child, run in _runs(layer.children()):
-        child_prefix = "" if layer.is_wrapper else f"{label} = "
-        lines += _lines(child, child_prefix, depth + 1, run)
+        if layer.is_wrapper:
+            child_prefix = f"{copies} × " if copies > 1 else ""
+        else:
+            child_prefix = f"{label} = "
+        lines += _lines(child, child_prefix, depth + 1, times * run * copies)
     lines += [(f"{pad}    {arg},", "") for arg in layer.display_args()]
     lines.append((f"{pad}),", ""))
     return lines

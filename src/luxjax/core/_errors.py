@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import threading
 from typing import Any
 
 from ._keypath import KeyPath
@@ -48,6 +50,33 @@ class NaNError(FloatingPointError):
 
 class CheckpointError(ValueError):
     """A file that is not a complete luxjax checkpoint (truncated, foreign or from a newer format)."""
+
+
+# -- errors raised by checks inside compiled code -----------------------------------------------
+# A check that fails inside compiled code (a host callback) raises there; JAX reports it as its
+# own runtime error whose text holds the message. The checks remember what they raised, so it can
+# be raised again as itself where the runtime error comes out.
+_CHECK_MESSAGE = re.compile(r"(?:NaN|Inf) detected in .*? \((?:forward|backward) pass\)")
+_RECENT: dict[str, NaNError] = {}
+_LOCK = threading.Lock()
+
+
+def remember(error: NaNError) -> NaNError:
+    """Notes a `NaNError` raised inside a host callback (the last 16 are kept) and returns it."""
+    with _LOCK:
+        _RECENT[str(error)] = error
+        while len(_RECENT) > 16:
+            del _RECENT[next(iter(_RECENT))]
+    return error
+
+
+def recover(runtime_error: Exception) -> NaNError | None:
+    """The `NaNError` whose message a JAX runtime error carries, or `None` if it carries none."""
+    match = _CHECK_MESSAGE.search(str(runtime_error))
+    if match is None:
+        return None
+    with _LOCK:
+        return _RECENT.get(match.group(0)) or NaNError(match.group(0))
 
 
 for _error in (LayerError, ShapeError, StructureError, ConfigError, NotALayerError, NaNError, CheckpointError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+
 
 class KeyPath(tuple):
     """A path to a place in a model, following the keys of its `ps` tree.
@@ -25,20 +27,28 @@ class KeyPath(tuple):
         True
         >>> lx.KeyPath().label()
         'the root'
+        >>> lx.KeyPath.parse("blocks.7.mlp")
+        KeyPath('blocks', 7, 'mlp')
     """
 
-    def __new__(cls, *keys: str) -> KeyPath:
+    def __new__(cls, *keys: str | int) -> KeyPath:
         for key in keys:
-            if not isinstance(key, str):
-                raise TypeError(f"KeyPath keys must be strings, got {key!r} of type {type(key).__name__}.")
+            if not (isinstance(key, str) or (isinstance(key, int) and not isinstance(key, bool) and key >= 0)):
+                raise TypeError(
+                    f"KeyPath keys must be strings (names) or ints >= 0 (block indices), "
+                    f"got {key!r} of type {type(key).__name__}."
+                )
         return super().__new__(cls, keys)
 
     @classmethod
     def parse(cls, dotted: str) -> KeyPath:
-        """Builds a path from its dotted form: `"chain.dense_1"` or `""` for the root."""
+        """Builds a path from its dotted form: `"chain.dense_1"`, `"blocks.7.mlp"` or `""` for the root.
+
+        A part made of digits is a block index (an int).
+        """
         if not isinstance(dotted, str):
             raise TypeError(f"KeyPath.parse expects a dotted string such as 'chain.dense_1', got {dotted!r}.")
-        return cls(*dotted.split(".")) if dotted else cls()
+        return cls(*(int(part) if part.isdigit() else part for part in dotted.split("."))) if dotted else cls()
 
     @classmethod
     def from_jax(cls, jax_path: Any) -> KeyPath:
@@ -49,7 +59,7 @@ class KeyPath(tuple):
         """How messages name the place: the dotted path, or `the root` for the empty path."""
         return str(self) or "the root"
 
-    def __truediv__(self, key: str) -> KeyPath:
+    def __truediv__(self, key: str | int) -> KeyPath:
         return KeyPath(*self, key)
 
     def __add__(self, other: Any) -> KeyPath:
@@ -60,8 +70,15 @@ class KeyPath(tuple):
         return KeyPath(*item) if isinstance(index, slice) else item
 
     def get(self, tree: Any) -> Any:
-        """Returns the entry of the nested-dict `tree` at this path."""
+        """Returns the entry of the nested-dict `tree` at this path; an int key takes that block of a stack.
+
+        A block index selects along the leading axis of every array below it, as the trees
+        of `luxjax.Stacked` hold one block per index of that axis.
+        """
         for depth, key in enumerate(self):
+            if isinstance(key, int):
+                tree = jax.tree.map(lambda leaf, i=key: _take(leaf, i), tree)
+                continue
             if not isinstance(tree, dict) or key not in tree:
                 where = KeyPath(*self[:depth]).label()
                 have = ", ".join(repr(k) for k in tree) if isinstance(tree, dict) else f"a {type(tree).__name__}"
@@ -73,4 +90,13 @@ class KeyPath(tuple):
         return f"KeyPath({', '.join(repr(k) for k in self)})"
 
     def __str__(self) -> str:
-        return ".".join(self)
+        return ".".join(map(str, self))
+
+
+def _take(leaf: Any, index: int) -> Any:
+    """Block `index` of a stacked leaf: an array's row, or a shape without its leading axis."""
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        if not leaf.shape or not 0 <= index < leaf.shape[0]:
+            raise IndexError(f"block index {index} is out of range for a leaf of shape {leaf.shape}.")
+        return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)
+    return leaf[index]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, cast, dataclass_transform
 
 import jax
@@ -16,6 +18,23 @@ from ._walk import assembled
 
 # Ids of the layers whose constructor is running: only they may assign their fields.
 _BUILDING: set[int] = set()
+# The indices of the blocks being run by the enclosing stacks (`luxjax.Stacked`), outermost first.
+_BLOCK_INDICES: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar("luxjax_blocks", default=())
+
+
+@contextlib.contextmanager
+def running_block(index: Any) -> Iterator[None]:
+    """Marks the code inside as running block `index` (an int or a traced int) of a stack."""
+    token = _BLOCK_INDICES.set((*_BLOCK_INDICES.get(), index))
+    try:
+        yield
+    finally:
+        _BLOCK_INDICES.reset(token)
+
+
+def block_indices() -> tuple[Any, ...]:
+    """The indices of the blocks the enclosing stacks are running, outermost first (debug mode reads them)."""
+    return _BLOCK_INDICES.get()
 
 
 def field(*, converter: Callable[[Any], Any] | None = None, **kwargs: Any) -> Any:
@@ -137,6 +156,10 @@ class Layer(metaclass=_LayerMeta):
     def children(self) -> dict[str, Layer]:
         """The named child layers, in order. `ps` has one entry per child (wrappers: none)."""
         return {}
+
+    def copies(self) -> int:
+        """How many copies of its child this layer runs (`Stacked`: its depth); the display multiplies counts by it."""
+        return 1
 
     def replace_children(self, children: Mapping[str, Layer]) -> Layer:
         """Returns a copy with the given children replaced (used by model surgery)."""

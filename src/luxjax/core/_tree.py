@@ -63,6 +63,24 @@ def replace_at(tree: Any, values: Mapping[KeyPath, Any]) -> Any:
     return out
 
 
+def stack_blocks(trees: Sequence[Any]) -> Any:
+    """Trees of equal structure stacked leaf by leaf on a new leading axis (shapes stay shapes)."""
+
+    def stack(*leaves: Any) -> Any:
+        if isinstance(leaves[0], jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct((len(leaves), *leaves[0].shape), leaves[0].dtype)
+        return jax.numpy.stack(leaves)
+
+    return jax.tree.map(stack, *trees)
+
+
+def same_leaves(a: Any, b: Any) -> bool:
+    """Whether two trees have one structure and the very same leaves (`is`)."""
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    return tree_a == tree_b and all(x is y for x, y in zip(leaves_a, leaves_b))
+
+
 def tied_groups(ps: Any) -> Groups:
     """The groups of leaf paths in `ps` that hold the same array object (`is`), sorted.
 

@@ -166,7 +166,14 @@ def _cached_count(layer: Any, what: What) -> int:
 
 
 def count(layer: Any, what: What) -> int:
-    """The number of scalars `layer` initialises (`"params"` or `"state"`), from shapes alone."""
+    """The number of scalars `layer` initialises (`"params"` or `"state"`), from shapes alone.
+
+    A layer that runs several copies of its child (`copies() > 1`, a `Stacked`) counts as that
+    many copies, so a stack counts what the unrolled chain of its blocks counts.
+    """
+    if layer.copies() > 1:
+        (child,) = layer.children().values()
+        return layer.copies() * count(child, what)
     if _assembled(layer, what):
         return sum(
             _cached_count(child, what) if _hashable(child) else count(child, what)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import re
-import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -15,7 +13,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
 
-from ..core import ConfigError, KeyPath, Layer, NaNError, WrapperLayer, check_layer_argument, field, map_layers
+from ..core import (
+    ConfigError,
+    KeyPath,
+    Layer,
+    NaNError,
+    WrapperLayer,
+    block_indices,
+    check_layer_argument,
+    field,
+    map_layers,
+    recover,
+    remember,
+)
 
 logger = logging.getLogger("luxjax")
 
@@ -38,6 +48,11 @@ def _has_nan(leaf: jax.Array) -> jax.Array:
     if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
         return jnp.isnan(leaf).any()
     return jnp.isnan(jnp.max(leaf))
+
+
+def running_indices() -> jax.Array:
+    """The indices of the blocks the enclosing `Stacked` layers are running, as one int32 array."""
+    return jnp.asarray(block_indices(), jnp.int32).reshape(-1)
 
 
 def _has_inf(leaf: jax.Array) -> jax.Array:
@@ -244,15 +259,26 @@ class DebugLayer(WrapperLayer):
             return [], []
         return found, flags
 
-    def _error(self, found: Found, pass_: str) -> NaNError:
+    def _where(self, indices: Any = ()) -> str:
+        """The location, each `*` (a block of an enclosing `Stacked`) replaced by the block's index."""
+        blocks = iter(int(i) for i in np.asarray(indices).reshape(-1))
+        return KeyPath(*(next(blocks, key) if key == "*" else key for key in self.location)).label()
+
+    def _error(self, found: Found, pass_: str, indices: Any = ()) -> NaNError:
         kind, what, inside = found
         held = f"{what} ({inside})" if inside else what
         return NaNError(
-            f"{kind} detected in {held} of layer {self.layer!r} at location {self.location.label()} ({pass_} pass)"
+            f"{kind} detected in {held} of layer {self.layer!r} at location {self._where(indices)} ({pass_} pass)"
         )
 
     def _emit(
-        self, found: list[Found], flags: list[Any], pass_: str, results: Any, after: Any = None
+        self,
+        found: list[Found],
+        flags: list[Any],
+        pass_: str,
+        results: Any,
+        blocks: jax.Array,
+        after: Any = None,
     ) -> tuple[Any, Any]:
         """One run-time check per layer and pass; returns `results` made to wait for it.
 
@@ -261,24 +287,26 @@ class DebugLayer(WrapperLayer):
         depend on its answer (`where(answer, nan, leaf)`, and the answer is always false), so
         every later check, which reads these results, runs after this one: the first NaN in
         program order is the one reported, without the cost of JAX's ordered effects.
-        `after` (an earlier check's answer) makes this check wait for that one too. Returns
-        the tied results and this check's answer.
+        `after` (an earlier check's answer) makes this check wait for that one too. `blocks`
+        are the indices of the blocks of the enclosing stacks, which the message puts in place
+        of the location's `*`. Returns the tied results and this check's answer.
         """
         if not found:
             return results, after
         flags_array = jnp.stack(flags)
         pred = flags_array.any() if after is None else jnp.logical_or(flags_array.any(), after)
 
-        def report(values: np.ndarray) -> np.ndarray:
+        def report(values: np.ndarray, blocks: np.ndarray) -> np.ndarray:
             values = np.asarray(values)
             if values.any():
-                raise _remember(self._error(found[int(np.argmax(values))], pass_))
+                raise remember(self._error(found[int(np.argmax(values))], pass_, blocks))
             return np.zeros((), np.bool_)
 
-        def fail(f: jax.Array) -> jax.Array:
-            return jax.pure_callback(report, jax.ShapeDtypeStruct((), jnp.bool_), f, vmap_method="sequential")
+        def fail(f: jax.Array, blocks: jax.Array) -> jax.Array:
+            result = jax.ShapeDtypeStruct((), jnp.bool_)
+            return jax.pure_callback(report, result, f, blocks, vmap_method="sequential")
 
-        failed = jax.lax.cond(pred, fail, lambda f: jnp.zeros((), jnp.bool_), flags_array)
+        failed = jax.lax.cond(pred, fail, lambda f, blocks: jnp.zeros((), jnp.bool_), flags_array, blocks)
 
         def tie(leaf: Any) -> Any:
             if not (hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact) and jnp.size(leaf)):
@@ -288,32 +316,35 @@ class DebugLayer(WrapperLayer):
 
         return jax.tree.map(tie, results), failed
 
-    def _forward(self, run: Callable, x: Any, ps: Any, st: Any) -> tuple[Any, Any, Any]:
+    def _forward(self, run: Callable, x: Any, ps: Any, st: Any, blocks: jax.Array) -> tuple[Any, Any, Any]:
         """Runs `run(x, ps, st) -> ((y, new_st), extra)` inside the forward checks: `((y, new_st), extra, answer)`."""
         found, flags = self._scan([("input", x), ("parameters", ps), ("states", st)], "forward")
         (y, new_st), extra = run(x, ps, st)
         more_found, more_flags = self._scan([("output", y), ("new state", new_st)], "forward")
-        y, failed = self._emit(found + more_found, flags + more_flags, "forward", y)
+        y, failed = self._emit(found + more_found, flags + more_flags, "forward", y, blocks)
         return (y, new_st), extra, failed
 
     def __call__(self, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
         if not self._value_checks("backward") and not self._annotates("backward"):
-            return self._forward(lambda *args: (self._run(*args), None), x, ps, st)[0]
-        return self._checked_vjp()(x, ps, st)
+            return self._forward(lambda *args: (self._run(*args), None), x, ps, st, running_indices())[0]
+        # The block indices are read here, while the enclosing stacks run; the backward pass
+        # (traced later, outside their loops) gets them as an input of the custom VJP.
+        return self._checked_vjp()(x, ps, st, running_indices())
 
     def _checked_vjp(self) -> Callable:
         @jax.custom_vjp
-        def run(x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
-            return self._forward(lambda *args: (self._run(*args), None), x, ps, st)[0]
+        def run(x: Any, ps: Any, st: Any, blocks: jax.Array) -> tuple[Any, Any]:
+            return self._forward(lambda *args: (self._run(*args), None), x, ps, st, blocks)[0]
 
-        def run_fwd(x: Any, ps: Any, st: Any) -> tuple[tuple[Any, Any], Any]:
-            out, vjp, failed = self._forward(lambda *args: jax.vjp(self._run, *args), x, ps, st)
+        def run_fwd(x: Any, ps: Any, st: Any, blocks: jax.Array) -> tuple[tuple[Any, Any], Any]:
+            out, vjp, failed = self._forward(lambda *args: jax.vjp(self._run, *args), x, ps, st, blocks)
             # The forward check's answer is a residual that the backward check waits for, so
             # every backward check runs after it, even where the output itself is unused.
-            return out, (vjp, jnp.zeros((), jnp.bool_) if failed is None else failed)
+            forward_failed = jnp.zeros((), jnp.bool_) if failed is None else failed
+            return out, (vjp, forward_failed, blocks)
 
-        def run_bwd(residuals: Any, cotangent: tuple[Any, Any]) -> tuple[Any, Any, Any]:
-            vjp, forward_failed = residuals
+        def run_bwd(residuals: Any, cotangent: tuple[Any, Any]) -> tuple[Any, Any, Any, None]:
+            vjp, forward_failed, blocks = residuals
             ct_y, ct_st = cotangent
             found, flags = self._scan(
                 [("incoming gradient of output", ct_y), ("incoming gradient of new state", ct_st)], "backward"
@@ -333,7 +364,8 @@ class DebugLayer(WrapperLayer):
                 "backward",
             )
             # All gradients are tied: the input gradient may be dropped (not differentiated).
-            return self._emit(found + more_found, flags + more_flags, "backward", grads, forward_failed)[0]
+            checked = self._emit(found + more_found, flags + more_flags, "backward", grads, blocks, forward_failed)[0]
+            return (*checked, None)  # the block indices are integers: no gradient
 
         run.defvjp(run_fwd, run_bwd)
         return run
@@ -388,29 +420,18 @@ def debug_mode(model: Layer, nan_check: str = "both", error_check: bool = True, 
     """
     checks_for("debug_mode", nan_check, error_check, check_inf)  # the keywords' errors name debug_mode
 
-    def is_debug(layer: Layer) -> bool:
-        return isinstance(layer, DebugLayer)
+    def stop(layer: Layer) -> bool:
+        return isinstance(layer, DebugLayer) or layer.copies() > 1
 
     def wrap(layer: Layer, path: KeyPath) -> Layer:
         if isinstance(layer, DebugLayer):  # already in debug mode: re-wrap what is inside
-            return map_layers(wrap, layer.layer, path, is_leaf=is_debug)
+            return map_layers(wrap, layer.layer, path, is_leaf=stop)
+        if layer.copies() > 1:  # a stack: `*` stands for the block index, known when the block runs
+            ((name, block),) = layer.children().items()
+            return layer.replace_children({name: map_layers(wrap, block, path / "*", is_leaf=stop)})
         return DebugLayer(layer, nan_check, error_check, path, check_inf)
 
-    return map_layers(wrap, model, is_leaf=is_debug)
-
-
-# -- re-raising the NaNError from JAX's run-time error ------------------------------------------
-_MESSAGE = re.compile(r"(?:NaN|Inf) detected in .*? \((?:forward|backward) pass\)")
-_RECENT: dict[str, NaNError] = {}
-_LOCK = threading.Lock()
-
-
-def _remember(error: NaNError) -> NaNError:
-    with _LOCK:
-        _RECENT[str(error)] = error
-        while len(_RECENT) > 16:
-            del _RECENT[next(iter(_RECENT))]
-    return error
+    return map_layers(wrap, model, is_leaf=stop)
 
 
 def raise_nan_errors(fn: Callable) -> Callable:
@@ -442,11 +463,9 @@ def raise_nan_errors(fn: Callable) -> Callable:
         try:
             return jax.block_until_ready(fn(*args, **kwargs))
         except jax.errors.JaxRuntimeError as error:
-            match = _MESSAGE.search(str(error))
-            if match is None:
+            nan_error = recover(error)
+            if nan_error is None:
                 raise
-            with _LOCK:
-                nan_error = _RECENT.get(match.group(0)) or NaNError(match.group(0))
             raise nan_error.with_traceback(None) from error
 
     return wrapped

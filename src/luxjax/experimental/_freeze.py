@@ -193,6 +193,7 @@ def _freeze(layer: Layer, ps: Any, st: Any, paths: list[KeyPath] | None, here: K
     children = layer.children()
     if layer.is_wrapper:
         ((name, child),) = children.items()
+        _check_whole_stack(layer, paths, here)
         new_child, ps, st = _freeze(child, ps, st, paths, here)
         return layer.replace_children({name: new_child}), ps, st
     own, by_child = [], {}
@@ -210,6 +211,18 @@ def _freeze(layer: Layer, ps: Any, st: Any, paths: list[KeyPath] | None, here: K
         new_children[name], new_ps[name], new_st[name] = _freeze(children[name], child_ps, child_st, sub, here / name)
     layer = layer.replace_children(new_children)
     return _freeze_here(layer, new_ps, new_st, own, here) if own else (layer, new_ps, new_st)
+
+
+def _check_whole_stack(layer: Layer, paths: list[KeyPath], here: KeyPath) -> None:
+    """A stack holds one block description for all its blocks: it can freeze a layer in all of them only."""
+    for path in paths:
+        if layer.copies() > 1 and isinstance(path[0], int):
+            raise ValueError(
+                f"freeze: {layer!r} at {here.label()} runs one block description for all {layer.copies()} blocks, "
+                f"so {str(here + path)!r} cannot freeze block {path[0]} alone. Freeze {str(here + path[1:])!r} to "
+                "freeze it in every block, or unroll the stack with `Stacked.to_chain(ps, st)` and freeze one "
+                "block of the chain."
+            )
 
 
 def _freeze_here(layer: Layer, ps: Any, st: Any, paths: list[KeyPath] | None, here: KeyPath) -> tuple:

@@ -5,7 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..core import KeyPath, Layer, NotALayerError, StructureError, What, abstract_init, iter_layers, misfit
+from ..core import (
+    KeyPath,
+    Layer,
+    NotALayerError,
+    StructureError,
+    What,
+    abstract_init,
+    iter_layers,
+    misfit,
+    same_leaves,
+    stack_blocks,
+)
 
 LayerFn = Callable[[Layer, Any, Any, KeyPath], tuple[Layer, Any, Any]]
 
@@ -69,6 +80,8 @@ def _map(f: LayerFn, layer: Layer, ps: Any, st: Any, path: KeyPath) -> tuple[Lay
     children = layer.children()
     if not children:
         return _call_leaf(f, layer, ps, st, path)
+    if layer.copies() > 1:
+        return _map_blocks(f, layer, ps, st, path)
     if layer.is_wrapper:
         ((name, child),) = children.items()
         new_child, ps, st = _map(f, child, ps, st, path)
@@ -83,6 +96,27 @@ def _map(f: LayerFn, layer: Layer, ps: Any, st: Any, path: KeyPath) -> tuple[Lay
         new_children[name], new_ps[name], new_st[name] = _map(f, child, *entries[name], path / name)
         changed = changed or new_children[name] is not child
     return (layer.replace_children(new_children) if changed else layer), new_ps, new_st
+
+
+def _map_blocks(f: LayerFn, layer: Layer, ps: Any, st: Any, path: KeyPath) -> tuple[Layer, Any, Any]:
+    """A stack (`Stacked`): `f` sees each block with its slice of the trees, at `path / index`."""
+    ((name, block),) = layer.children().items()
+    slices = [(KeyPath(i).get(ps), KeyPath(i).get(st)) for i in range(layer.copies())]
+    results = [_map(f, block, *trees, path / i) for i, trees in enumerate(slices)]
+    first = results[0][0]
+    for i, (new_block, _, _) in enumerate(results):
+        if new_block != first:
+            raise StructureError(
+                layer,
+                "`f` of layer_map must give every block of a stack the same layer (the blocks share one "
+                f"description), but it gave {first!r} at index 0 and {new_block!r} at index {i}; to change "
+                "some blocks only, unroll the stack first with `Stacked.to_chain(ps, st)`.",
+                path=path,
+            )
+    new_layer = layer if first is block else layer.replace_children({name: first})
+    if new_layer is layer and all(same_leaves(r[1:], s) for r, s in zip(results, slices)):
+        return layer, ps, st  # nothing changed: keep the stacked arrays as they are
+    return new_layer, stack_blocks([r[1] for r in results]), stack_blocks([r[2] for r in results])
 
 
 def _call_leaf(f: LayerFn, layer: Layer, ps: Any, st: Any, path: KeyPath) -> tuple[Layer, Any, Any]:
@@ -140,7 +174,12 @@ def layer_at(model: Layer, ps: Any, st: Any, path: KeyPath | str | tuple[str, ..
     for here, layer in iter_layers(model):
         outer.setdefault(here, layer)
         inner[here] = layer
-    if path not in outer:
+    if path and isinstance(path[-1], int):  # one block of a stack: the block, with its slices
+        ps, st = _at(model, ps, path, "parameters"), _at(model, st, path, "states")
+        return next(iter(layer_at(model, None, None, path[:-1])[0].children().values())), ps, st
+    names = KeyPath(*(key for key in path if not isinstance(key, int)))  # block indices add no level
+    if names not in outer:
+        asked, path = str(path), names
         here = next(path[:depth] for depth in range(len(path), -1, -1) if path[:depth] in inner)
         layer, name = inner[here], path[len(here)]
         children = layer.children()
@@ -149,18 +188,26 @@ def layer_at(model: Layer, ps: Any, st: Any, path: KeyPath | str | tuple[str, ..
         if isinstance(own, Mapping) and name in own:
             have = f"{name!r} is a parameter of it, not a layer"
         where = f" at {here}" if here else ""
-        raise KeyError(f"layer_at: no layer at {str(path)!r}: {layer!r}{where} has no child {name!r}; {have}.")
-    return outer[path], _at(model, ps, path, "parameters"), _at(model, st, path, "states")
+        raise KeyError(f"layer_at: no layer at {asked!r}: {layer!r}{where} has no child {name!r}; {have}.")
+    return outer[names], _at(model, ps, path, "parameters"), _at(model, st, path, "states")
 
 
 def _at(model: Layer, tree: Any, path: KeyPath, what: str) -> Any:
-    """The entry of `tree` at `path` (`None` for no tree), or a `StructureError` naming where it is missing."""
+    """The entry of `tree` at `path` (`None` for no tree); an int takes a block of the stack there."""
     if tree is None:
         return None
     layer = model
-    for depth, name in enumerate(path):
+    for depth, key in enumerate(path):
+        stack = None
         while layer.is_wrapper:
+            stack = layer if layer.copies() > 1 else stack
             layer = next(iter(layer.children().values()))
-        tree = _entry(layer, tree, name, what, path[:depth])
-        layer = layer.children()[name]
+        if isinstance(key, int):
+            if stack is None or key >= stack.copies():
+                what_is = f"{stack!r} has {stack.copies()} blocks" if stack else f"{layer!r} is not a stack"
+                raise KeyError(f"layer_at: no block {key} at {path[:depth].label()}: {what_is}.")
+            tree = KeyPath(key).get(tree)
+            continue
+        tree = _entry(layer, tree, key, what, path[:depth])
+        layer = layer.children()[key]
     return tree

@@ -27,3 +27,6 @@ from ._pool import MeanPool as MeanPool
 from ._recurrent import GRUCell as GRUCell
 from ._recurrent import LSTMCell as LSTMCell
 from ._recurrent import Recurrence as Recurrence
+from ._stacked import Remat as Remat
+from ._stacked import RepeatedLayer as RepeatedLayer
+from ._stacked import Stacked as Stacked
