@@ -29,6 +29,9 @@ def registry():
     """Examples per exported layer: `(model, input)`, or `(model, input, check_layer options)`."""
     return {
         lx.Dense: [(lx.Dense(3, 2, jnp.tanh), x(4, 3))],
+        lx.Stacked: [(lx.Stacked(lx.Chain(lx.Dense(3, 3, jnp.tanh), lx.LayerNorm(3)), 3), x(4, 3))],
+        lx.RepeatedLayer: [(lx.RepeatedLayer(lx.Dense(3, 3, jnp.tanh), repeats=3), x(4, 3))],
+        lx.Remat: [(lx.Remat(lx.Chain(lx.Dense(3, 4, jnp.tanh), lx.Dense(4, 2)), policy="dots_saveable"), x(4, 3))],
         lx.Chain: [(lx.Chain(lx.Dense(2, 3), lx.BatchNorm(3, jnp.tanh), lx.Dense(3, 2)), x(4, 2))],
         lx.Parallel: [(lx.Parallel(jnp.add, lx.Dense(2, 3), lx.Dense(2, 3, jnp.tanh)), x(3, 2))],
         lx.BranchLayer: [(lx.BranchLayer(lx.Dense(2, 3), lx.Dense(2, 1)), x(3, 2))],

@@ -69,8 +69,8 @@ def check_layer(
        model itself unless it holds a `FrozenLayer`), with the very same `ps` arrays and a
        state of the same structure;
     9. `luxjax.experimental.debug_mode(model)` prints, takes the same `ps` and `st`, and gives
-       bit-identical output and new state eagerly, and the same parameter gradients (up to
-       float rounding).
+       the same output, new state and parameter gradients (to 1e-6: layers that compile their
+       own loops, `Recurrence` and `Stacked`, round differently with the checks in them).
 
     Example:
         >>> import jax.numpy as jnp, luxjax as lx
@@ -124,6 +124,14 @@ def check_layer(
     _check_debug_mode(model, x, ps, st, y, new_st, objective if check_gradients else None)
 
 
+def _equal(a: Any, b: Any) -> bool:
+    if jax.tree.structure(a) != jax.tree.structure(b):
+        return False
+    leaves = zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    unwrap = lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x  # noqa: E731
+    return all(np.array_equal(unwrap(x), unwrap(y)) for x, y in leaves)
+
+
 def _check_layer_map(model: Layer, ps: Any, st: Any) -> None:
     from ..experimental import layer_map
 
@@ -133,7 +141,9 @@ def _check_layer_map(model: Layer, ps: Any, st: Any) -> None:
                 found = path.get(tree)
             except KeyError as error:
                 raise _fail(model, f"layer_map visited {path!r}, which is not a place in {what}: {error}") from None
-            if found is not leaf_tree:
+            # a block index (a stack's block) is a slice: equal values, not the same object
+            sliced = any(isinstance(key, int) for key in path)
+            if not (_equal(found, leaf_tree) if sliced else found is leaf_tree):
                 raise _fail(model, f"layer_map gave {layer!r} at {path!r} a different {what} than the one there")
         return layer, leaf_ps, leaf_st
 
@@ -169,11 +179,11 @@ def _check_freeze(model: Layer, x: Any, ps: Any, st: Any, y: Any, rtol: float, a
 def _check_debug_mode(
     model: Layer, x: Any, ps: Any, st: Any, y: Any, new_st: Any, objective: Callable[..., jax.Array] | None
 ) -> None:
-    """Eagerly the debug model runs the very same operations: results must be bit-identical.
+    """The debug model computes what the model computes.
 
-    Gradients may differ by float rounding where a layer runs its children in compiled code
-    (`Recurrence`'s `lax.scan`): there the backward check's `custom_vjp` changes how XLA
-    computes the gradient, not what it computes.
+    Eagerly it runs the very same operations, but where a layer runs its children in compiled
+    code (`Recurrence`'s and `Stacked`'s `lax.scan`) the checks change how XLA fuses the
+    computation, not what it computes: results agree to float rounding (1e-6).
     """
     from ..experimental import debug_mode
 
@@ -181,8 +191,8 @@ def _check_debug_mode(
     if not repr(debug) or not display(debug):
         raise _fail(model, "printing debug_mode(model) gave an empty string")
     y_debug, st_debug = debug(x, ps, st)
-    _assert_close(model, "debug_mode output", y_debug, y, 0, 0)
-    _assert_close(model, "debug_mode new state", st_debug, new_st, 0, 0)
+    _assert_close(model, "debug_mode output", y_debug, y, 1e-6, 1e-6)
+    _assert_close(model, "debug_mode new state", st_debug, new_st, 1e-6, 1e-6)
     if objective is not None and _float_leaves(ps):
         expected = jax.grad(lambda ps: objective(model, ps, x))(ps)
         actual = jax.grad(lambda ps: objective(debug, ps, x))(ps)
