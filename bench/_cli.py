@@ -20,6 +20,9 @@ TARGETS = {  # luxjax's targets from the benchmark issue
     "debug": 1.4,  # debug_mode step / the plain step
     "structure_s": 0.5,  # each structure operation on the big Chain
     "debug_mode_vs_layer_map": 3.0,  # debug_mode on the big Chain / layer_map (identity) on it
+    "deep_step": 1.05,  # Stacked's step / the unrolled Chain's, same blocks and values
+    "deep_first_call": 0.2,  # Stacked's first call (trace + compile + one step) / the unrolled Chain's
+    "remat_memory": 0.5,  # compiled temp memory of the gradient: Stacked(Remat) / Stacked, long sequences
 }
 SAME_START_RTOL = 1e-3
 
@@ -75,6 +78,13 @@ def table(rows: list[dict], n_layers: int) -> str:
         title = name
         if "not_measured" in row:
             lines.append(f"| {shown} | {row['impl']} | not measured: {row['not_measured']} | | | | | |")
+        elif row.get("kind") == "memory":
+            stacked = _memory(rows, _suite.LUX_STACKED)
+            ratio = row["temp_bytes"] / stacked if row["temp_bytes"] and stacked else None
+            lines.append(
+                f"| {shown} | {row['impl']} (gradient, {row['config']}) | temp memory "
+                f"{row['temp_bytes'] / 2**20:.1f} MiB | {_ratio(ratio)} | {_suite.LUX_STACKED} | | | |"
+            )
         elif row.get("kind") == "operation":
             ok = "✓" if row["median_s"] < TARGETS["structure_s"] else "✗"
             target = f"target < {TARGETS['structure_s']} s {ok}"
@@ -98,6 +108,17 @@ def table(rows: list[dict], n_layers: int) -> str:
     return "\n".join(lines)
 
 
+def _memory(rows: list[dict], impl: str) -> float | None:
+    return next((r.get("temp_bytes") for r in rows if r.get("kind") == "memory" and r["impl"] == impl), None)
+
+
+def _first_call_ratio(rows: list[dict], impl: str) -> float | None:
+    """`impl`'s first call over the unrolled Chain's, on the deep workload."""
+    first = {r["impl"]: r.get("first_call_s") for r in rows if r["workload"] == "deep" and "kind" not in r}
+    value, unrolled = first.get(impl), first.get(_suite.LUX_UNROLLED)
+    return value / unrolled if value and unrolled else None
+
+
 def _debug_mode_ratio(rows: list[dict]) -> float | None:
     """`debug_mode`'s time on the big Chain over `layer_map`'s (identity), from the structure rows."""
     times = {row["impl"]: row.get("median_s") for row in rows if row.get("kind") == "operation"}
@@ -105,11 +126,35 @@ def _debug_mode_ratio(rows: list[dict]) -> float | None:
     return debug / layer_map if debug and layer_map else None
 
 
+def _deep_targets(rows: list[dict], row: dict) -> list[dict]:
+    checks = []
+    if row.get("kind") == "memory" and row["impl"] == _suite.LUX_REMAT:
+        stacked, remat = _memory(rows, _suite.LUX_STACKED), row.get("temp_bytes")
+        checks.append(("remat_memory", remat / stacked if remat and stacked else None, "× Stacked's temp memory"))
+    elif "kind" not in row and row["impl"] == _suite.LUX_STACKED:
+        checks.append(("deep_step", row.get("ratio"), "× the unrolled Chain's step"))
+        checks.append(("deep_first_call", _first_call_ratio(rows, row["impl"]), "× the unrolled Chain's first call"))
+    return [
+        {
+            "workload": "deep",
+            "impl": row["impl"],
+            "value": value,
+            "limit": TARGETS[name],
+            "unit": unit,
+            "met": value is not None and value <= TARGETS[name],
+        }
+        for name, value, unit in checks
+    ]
+
+
 def targets(rows: list[dict]) -> list[dict]:
     """luxjax's targets, each with the measured figure and whether it is met."""
     found = []
     for row in rows:
         if "not_measured" in row or (row["workload"] != "structure" and not row["impl"].startswith("luxjax")):
+            continue
+        if row["workload"] == "deep":
+            found += _deep_targets(rows, row)
             continue
         if row["workload"] in ("tiny", "medium", "cnn", "transformer"):
             limit, value, what = TARGETS["vs_fastest"], row.get("vs_fastest"), "× fastest peer"
@@ -213,6 +258,8 @@ def main(argv: list[str]) -> int:
             else:
                 cells = _suite.build(workload, sizes, args.seed)
                 rows += _harness.run_workload(cells, settings, log, fastest=workload in _suite.RACES)
+            if workload == "deep":
+                rows += _suite.deep_memory(sizes.deep, args.seed)
     problems = check(rows)
     met = targets(rows)
     text = table(rows, sizes.structure_layers)

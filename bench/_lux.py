@@ -118,6 +118,12 @@ def transformer(params, heads):
     return _checked(lx.Chain(*blocks), ps)
 
 
+def stacked(model, ps, st, remat=False):
+    """The unrolled blocks of `transformer` as one `Stacked` (optionally each block under `Remat`), same values."""
+    model, ps, st = lx.Stacked.from_chain(model, ps, st)
+    return (lx.Stacked(lx.Remat(model.block), model.n) if remat else model), ps, st
+
+
 def _ln_ps(p):
     return {"scale": jnp.asarray(p["scale"]), "bias": jnp.asarray(p["bias"])}
 

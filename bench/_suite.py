@@ -1,5 +1,6 @@
 """The seven workloads as lists of cells (or, for workload 7, timed operations)."""
 
+import dataclasses
 import io
 
 import jax
@@ -9,7 +10,7 @@ from . import _eqx, _hand, _lux, _nnx
 from ._harness import Cell, NotMeasured
 from ._workloads import Sizes, cnn_data, mlp_data, transformer_data
 
-WORKLOADS = ("tiny", "medium", "cnn", "transformer", "frozen", "debug", "structure")
+WORKLOADS = ("tiny", "medium", "cnn", "transformer", "frozen", "debug", "structure", "deep")
 RACES = ("tiny", "medium", "cnn", "transformer")  # workloads where every implementation races every other
 TITLES = {
     "tiny": "1. tiny MLP",
@@ -19,12 +20,14 @@ TITLES = {
     "frozen": "5. frozen backbone",
     "debug": "6. debug mode",
     "structure": "7. structure x{n}",
+    "deep": "8. deep transformer",
 }
 
 JAX, NNX_JIT, NNX_SM, EQX = "jax (hand-written)", "nnx.jit", "nnx split/merge", "equinox filter_jit"
 NNX_FN = "nnx functional (merge in loss)"
 LUX_STEP, LUX_TS = "luxjax (user jit step)", "luxjax single_train_step"
 LUX_DONATE = "luxjax (user jit step, donating ps/st/opt)"
+LUX_UNROLLED, LUX_STACKED, LUX_REMAT = "luxjax Chain (unrolled)", "luxjax Stacked", "luxjax Stacked(Remat(block))"
 
 
 def _device(*arrays):
@@ -199,6 +202,41 @@ def structure_ops(n_layers):
     ]
 
 
+def deep_cells(spec, seed):
+    """Workload 4's blocks, `spec.model.blocks` deep: an unrolled Chain against the same blocks stacked (and remat)."""
+    params, x, target = transformer_data(spec.model, seed)
+    batch = _device(x, target)
+    w = "deep"
+
+    def runner(kind):
+        def make():
+            model, ps, st = _lux.transformer(params, spec.model.heads)
+            if kind != LUX_UNROLLED:
+                model, ps, st = _lux.stacked(model, ps, st, remat=kind == LUX_REMAT)
+            return _lux.step_runner(model, ps, st, _hand.mse, batch)
+
+        return make
+
+    return [Cell(w, kind, runner(kind), LUX_UNROLLED, peer=False) for kind in (LUX_UNROLLED, LUX_STACKED, LUX_REMAT)]
+
+
+def deep_memory(spec, seed):
+    """The compiled gradient's temporary memory of the stacked model with and without remat, at `memory_seq`."""
+    long = dataclasses.replace(spec.model, seq=spec.memory_seq, blocks=max(2, spec.model.blocks // 3))
+    params, x, target = transformer_data(long, seed)
+    rows = []
+    for kind in (LUX_STACKED, LUX_REMAT):
+        model, ps, st = _lux.stacked(*_lux.transformer(params, long.heads), remat=kind == LUX_REMAT)
+
+        def loss(ps, model=model, st=st):
+            return _hand.mse(model(jnp.asarray(x), ps, st)[0], jnp.asarray(target))
+
+        analysis = jax.jit(jax.grad(loss)).lower(ps).compile().memory_analysis()
+        temp = getattr(analysis, "temp_size_in_bytes", None)
+        rows.append({"workload": "deep", "impl": kind, "kind": "memory", "temp_bytes": temp, "config": str(long)})
+    return rows
+
+
 def build(workload: str, sizes: Sizes, seed: int):
     if workload in ("tiny", "medium"):
         return mlp_cells(workload, getattr(sizes, workload), seed)
@@ -210,4 +248,6 @@ def build(workload: str, sizes: Sizes, seed: int):
         return frozen_cells(sizes.medium, seed)
     if workload == "debug":
         return debug_cells(sizes.medium, seed)
+    if workload == "deep":
+        return deep_cells(sizes.deep, seed)
     raise NotMeasured(workload)

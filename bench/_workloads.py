@@ -52,6 +52,14 @@ class TransformerSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class DeepSpec:
+    """Workload 8: `model.blocks` transformer blocks, unrolled or stacked; `memory_seq`: the remat row's length."""
+
+    model: TransformerSpec
+    memory_seq: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Sizes:
     """Shapes of every workload; `smoke` shrinks them for the test suite."""
 
@@ -60,6 +68,7 @@ class Sizes:
     cnn: CNNSpec
     transformer: TransformerSpec
     structure_layers: int
+    deep: DeepSpec
 
 
 FULL = Sizes(
@@ -68,6 +77,7 @@ FULL = Sizes(
     cnn=CNNSpec(batch=128, channels=(1, 16, 32), image=8, classes=10),
     transformer=TransformerSpec(batch=16, seq=64, d_model=128, heads=4, blocks=2),
     structure_layers=1000,
+    deep=DeepSpec(TransformerSpec(batch=8, seq=32, d_model=64, heads=4, blocks=24), memory_seq=512),
 )
 
 SMOKE = Sizes(
@@ -76,6 +86,7 @@ SMOKE = Sizes(
     cnn=CNNSpec(batch=16, channels=(1, 4, 8), image=8, classes=10),
     transformer=TransformerSpec(batch=2, seq=8, d_model=16, heads=2, blocks=1),
     structure_layers=20,
+    deep=DeepSpec(TransformerSpec(batch=2, seq=8, d_model=16, heads=2, blocks=3), memory_seq=16),
 )
 
 
