@@ -1,18 +1,22 @@
-"""A NaN hunt: training goes NaN, `luxjax.experimental.debug_mode` names the layer that made it.
+"""A NaN hunt: training goes NaN, `luxjax.experimental.debug_mode` names the layer and the block that made it.
 
-The model classifies scikit-learn's digits and ends in a log-softmax with a learnt logit scale
-(as in CLIP), written by hand as `log(softmax(scale * x))`. The maths is right; the numerics
-are not: the model keeps raising the scale to grow confident, until `softmax` underflows to
-exactly 0 for some class. The loss stays finite (it reads only the true class), but the
-backward pass of `log` at 0 computes 0 / 0 = NaN, and the next update would poison every
-weight. Plain JAX only says "the gradients are NaN". Rerunning the failing step under
-`debug_mode` names the layer and its location; `layer_map` then swaps in the stable version.
+The model classifies scikit-learn's digits. Its classifier refines the class scores through a
+stack of blocks (one `luxjax.Stacked` layer, run by `jax.lax.scan`), each a mixing `Dense` and
+a log-softmax with a learnt logit scale (as in CLIP), written by hand as
+`log(softmax(scale * x))`. The maths is right; the numerics are not: the model keeps raising
+the scales to grow confident, until a `softmax` underflows to exactly 0 for some class, `log`
+gives -inf, and the next block turns it into NaN. Plain JAX only says "the loss and the
+gradients are NaN", everywhere. Rerunning the failing step under `debug_mode` (with
+`check_inf=True`, as the first bad value is that -inf) names the layer and its location, with
+the index of the block inside the stack; `layer_map` then swaps in the stable version in every
+block.
 
 Run `python examples/nan_hunt.py --help` for the flags.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from typing import Any
@@ -26,7 +30,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import luxjax as lx
-from luxjax.experimental import debug_mode, layer_map
+from luxjax.experimental import debug_mode, layer_map, raise_nan_errors
 
 
 class ScaledLogSoftmax(lx.Layer):
@@ -64,9 +68,12 @@ class ScaledLogSoftmax(lx.Layer):
 
 
 def make_model() -> lx.Chain:
+    # The classifier refines its class scores through a stack of blocks (one `Stacked` layer),
+    # each a mixing `Dense` and a log-softmax with its own learnt logit scale.
+    refine = lx.Chain(mix=lx.Dense(10, 10), log_probs=ScaledLogSoftmax())
     return lx.Chain(
         features=lx.Chain(lx.Dense(64, 128, jax.nn.relu), lx.Dense(128, 64, jax.nn.relu)),
-        classifier=lx.Chain(logits=lx.Dense(64, 10), log_probs=ScaledLogSoftmax()),
+        classifier=lx.Chain(logits=lx.Dense(64, 10), refine=lx.Stacked(refine, 3)),
     )
 
 
@@ -145,26 +152,30 @@ def main(argv: list[str] | None = None) -> dict:
     bad = nan_leaves(grads)
     print(f"step {failed_at}: the loss is {float(loss):.4f}, but the gradients hold NaN in {len(bad)} arrays:")
     print("    " + ", ".join(bad))
-    print("Plain JAX cannot say which layer made the first NaN: backpropagation spreads it to every layer below.")
+    print("Plain JAX cannot say which layer made the first NaN, let alone which block of the stack.")
 
     print(rule("Replaying the failing step under debug_mode"))
-    debug_model = debug_mode(model)  # takes the same ps and st
-    print(f"debug_mode wraps every leaf layer, e.g. {debug_model['classifier']['log_probs']!r}")
-    # Replayed eagerly, the check raises `NaNError` directly. Under `jax.jit` it works too:
-    # wrap the jitted function in `luxjax.experimental.raise_nan_errors` to get the same error.
+    # `check_inf`: the first bad value is the -inf of `log(0)`; the NaN comes one layer later.
+    debug_model = debug_mode(model, check_inf=True)  # takes the same ps and st
+    inside = debug_model["classifier"]["refine"].block["log_probs"]
+    print(f"debug_mode wraps every leaf layer, inside the stack too: {inside!r}")
+    # The gradient, jitted as in training: the checks fail the compiled step, and
+    # `raise_nan_errors` raises their `NaNError`, with the block index in place of the `*`.
+    replay = raise_nan_errors(jax.jit(jax.grad(lambda ps: nll(debug_model, ps, st, x, y)[0])))
     try:
-        jax.grad(lambda ps: nll(debug_model, ps, st, x, y)[0])(ps)
+        replay(ps)
     except FloatingPointError as error:  # luxjax's NaNError is a FloatingPointError
         message = str(error).splitlines()[0]
         print(f"{type(error).__name__}: {message}")
         result["message"] = message
-        result["located"] = "classifier.log_probs" in message and "ScaledLogSoftmax" in message
+        result["located"] = bool(re.search(r"at location classifier\.refine\.\d+\.log_probs ", message))
+        result["located"] &= "ScaledLogSoftmax" in message
     else:
         print("debug_mode found no NaN when replaying the step")
 
     print(rule("The fix: swap the hand-written log-softmax for jax.nn.log_softmax with layer_map"))
 
-    def fix(layer, ps, st, path):
+    def fix(layer, ps, st, path):  # layer_map visits each block of the stack: classifier.refine.0, ...
         if isinstance(layer, ScaledLogSoftmax):
             fixed = ScaledLogSoftmax(stable=True)
             print(f"replacing {layer!r} at {path} with {fixed!r}, keeping its parameters")

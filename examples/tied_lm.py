@@ -1,12 +1,14 @@
-"""A character-level language model with tied input and output embeddings, trained on Python's own source.
+"""A character-level transformer language model with tied embeddings, trained on Python's own source.
 
 The text is the source code of a few pure-Python modules of the standard library, read
 with `inspect.getsource`: real text that ships with every Python, no download. The model
-reads the previous `--context` characters and predicts the next one:
+reads `--context` characters and predicts, at every position, the next one (causal
+self-attention):
 
-    Embedding(vocab, dims) -> flatten -> Dense -> Dense(hidden, dims) -> Dense(dims, vocab)
+    token + position embeddings -> Stacked(--blocks x pre-LN transformer block) -> LayerNorm -> Dense(dims, vocab)
 
-The input embedding (`weight` of shape `(vocab, dims)`) and the output layer (`weight` of
+The blocks are one `luxjax.Stacked` layer, run by `jax.lax.scan`: compiled once however deep.
+The token embedding (`weight` of shape `(vocab, dims)`) and the output layer (`weight` of
 `Dense(dims, vocab)`, also `(vocab, dims)`) are one matrix, tied with
 `luxjax.experimental.share_parameters` and trained with `luxjax.training.single_train_step`,
 which keeps the tie: the gradient of both uses is summed and the update applied once.
@@ -32,10 +34,11 @@ import luxjax as lx
 from luxjax.experimental import share_parameters
 from luxjax.training import TrainState, single_train_step
 
+LEARNING_RATE = 4e-3
 MODULES = ("textwrap", "string", "heapq", "functools", "dataclasses", "calendar", "argparse", "difflib")
 # The group's first accessor gives the shared starting value: the output layer's uniform
 # +-1/sqrt(dims) suits both uses (an N(0, 1) embedding as output weights starts with huge logits).
-TIE = ("unembed.weight", "embed.weight")
+TIE = ("unembed.weight", "embed.tokens.weight")
 
 
 def load_texts(modules: tuple[str, ...] = MODULES) -> list[str]:
@@ -61,27 +64,53 @@ class Vocabulary:
         return "".join(self.chars[int(i)] for i in ids)
 
 
-def make_model(vocab: int, *, context: int, dims: int, hidden: int) -> lx.Chain:
+def positions(ids: jax.Array) -> jax.Array:
+    """The position of every character of a `(batch, context)` window: `0 .. context - 1`."""
+    return jnp.broadcast_to(jnp.arange(ids.shape[-1]), ids.shape)
+
+
+def causal_self(x: jax.Array) -> tuple:
+    """`MultiHeadAttention`'s input for causal self-attention: each position sees itself and the past."""
+    n = x.shape[-2]
+    return x, x, x, jnp.tril(jnp.ones((n, n), bool))
+
+
+def make_model(vocab: int, *, context: int, dims: int, blocks: int, heads: int = 4) -> lx.Chain:
+    attention = lx.Chain(
+        norm=lx.LayerNorm(dims), causal=lx.WrappedFunction(causal_self), mha=lx.MultiHeadAttention(dims, heads)
+    )
+    mlp = lx.Chain(norm=lx.LayerNorm(dims), fc1=lx.Dense(dims, 4 * dims, jax.nn.gelu), fc2=lx.Dense(4 * dims, dims))
+    block = lx.Chain(attn=lx.SkipConnection(attention, jnp.add), mlp=lx.SkipConnection(mlp, jnp.add))
+    embed = lx.Parallel(
+        jnp.add,
+        tokens=lx.Embedding(vocab, dims),  # weight (vocab, dims)
+        positions=lx.Chain(index=lx.WrappedFunction(positions), table=lx.Embedding(context, dims)),
+    )
     return lx.Chain(
-        embed=lx.Embedding(vocab, dims),  # weight (vocab, dims)
-        flatten=lx.FlattenLayer(),
-        hidden=lx.Dense(context * dims, hidden, jax.nn.gelu),
-        project=lx.Dense(hidden, dims),
-        unembed=lx.Dense(dims, vocab),  # weight (vocab, dims): the same matrix as embed's
+        embed=embed,
+        blocks=lx.Stacked(block, blocks),
+        norm=lx.LayerNorm(dims),
+        unembed=lx.Dense(dims, vocab),  # weight (vocab, dims): the same matrix as the token embedding's
     )
 
 
 def windows(ids: np.ndarray, starts: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
-    """Contexts `(batch, context)` and next characters `(batch,)` starting at `starts`."""
-    x = ids[starts[:, None] + np.arange(context)[None, :]]
-    return x, ids[starts + context]
+    """Windows `(batch, context)` starting at `starts` and, for each position, the next character."""
+    x = ids[starts[:, None] + np.arange(context + 1)[None, :]]
+    return x[:, :-1], x[:, 1:]
+
+
+def losses(model: lx.Layer, ps: Any, st: Any, data: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, Any]:
+    """Cross-entropy of the next character at every position, in nats."""
+    x, y = data
+    logits, st = model(x, ps, st)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y), st
 
 
 def objective(model: lx.Layer, ps: Any, st: Any, data: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, Any, dict]:
-    """Mean cross-entropy of the next character, in nats (Lux's objective signature)."""
-    x, y = data
-    logits, st = model(x, ps, st)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), st, {}
+    """Mean cross-entropy over every position of every window (Lux's objective signature)."""
+    loss, st = losses(model, ps, st, data)
+    return loss.mean(), st, {}
 
 
 def distinct_parameter_count(ps: Any) -> int:
@@ -106,7 +135,7 @@ def generate(
 
     @jax.jit
     def next_logits(ps, x):
-        return model(x[None, :], ps, st)[0][0]
+        return model(x[None, :], ps, st)[0][0, -1]
 
     rng = np.random.default_rng(seed)
     ids = list(vocab.encode(prompt.rjust(context)[-context:]))
@@ -124,8 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__, steps=3000)
     p.add_argument("--context", type=int, default=24, help="characters the model reads")
     p.add_argument("--dims", type=int, default=64, help="embedding size")
-    p.add_argument("--hidden", type=int, default=512, help="hidden layer size")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--blocks", type=int, default=2, help="transformer blocks in the stack")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per step (each predicts every position)")
     p.add_argument("--sample-length", type=int, default=240, help="characters to generate")
     args = p.parse_args(argv)
     start = time.perf_counter()
@@ -139,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"text: the source of the modules {', '.join(MODULES)} of Python {sys.version.split()[0]}")
     print(f"{len(train_ids):_} characters to train on, {len(val_ids):_} held out, {len(vocab)} distinct")
 
-    model = make_model(len(vocab), context=args.context, dims=args.dims, hidden=args.hidden)
+    model = make_model(len(vocab), context=args.context, dims=args.dims, blocks=args.blocks)
     ps, st = lx.setup(jax.random.key(args.seed), model)
     # Tie the two matrices: both places now hold one array, the first accessor's.
     ps = share_parameters(ps, (TIE,))
@@ -149,23 +178,24 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{untied:_} parameters untied, {tied:_} distinct with the tie: {untied - tied:_} saved")
 
     initial = np.array(get(ps, TIE[0]))  # a copy: the training step donates (reuses) ps's buffers
-    untied_adam = tree_size(optax.adam(2e-3).init(ps))  # plain optax sees two matrices
-    ts = TrainState(model, ps, st, optax.adam(2e-3))  # finds the tie (`is`) in ps
+    untied_adam = tree_size(optax.adam(LEARNING_RATE).init(ps))  # plain optax sees two matrices
+    ts = TrainState(model, ps, st, optax.adam(LEARNING_RATE))  # finds the tie (`is`) in ps
     print(f"adam state: {tree_size(ts.optimizer_state):_} numbers, one set of moments for the tied pair")
     print(f"(without the tie: {untied_adam:_})")
     rng = np.random.default_rng(args.seed)
-    val_starts = np.random.default_rng(args.seed + 1).integers(0, len(val_ids) - args.context, size=2048)
+    val_starts = np.random.default_rng(args.seed + 1).integers(0, len(val_ids) - args.context - 1, size=2048)
     x_val, y_val = windows(val_ids, val_starts, args.context)
 
     @jax.jit
     def val_loss(ps, st):
-        return objective(model, ps, lx.testmode(st), (x_val, y_val))[0]
+        # the last position: the next character after a full window, as a model reading `--context` characters sees it
+        return losses(model, ps, lx.testmode(st), (x_val, y_val))[0][:, -1].mean()
 
     curve: dict[str, list] = {"loss": [], "eval_step": [0], "val_loss": [float(val_loss(ts.parameters, ts.states))]}
     eval_every = max(1, args.steps // 15)
     bar = progress(range(1, args.steps + 1), total=args.steps, desc="training", disable=args.no_progress)
     for step in bar:
-        starts = rng.integers(0, len(train_ids) - args.context, size=args.batch_size)
+        starts = rng.integers(0, len(train_ids) - args.context - 1, size=args.batch_size)
         _, loss, _, ts = single_train_step(objective, windows(train_ids, starts, args.context), ts)
         curve["loss"].append(float(loss))
         if step % eval_every == 0 or step == args.steps:
@@ -202,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"saved the loss curve to {path}")
     return {
         "parameters_untied": untied,
+        "blocks": model["blocks"].n,
         "parameters_tied": tied,
         "saved_by_tie": untied - tied,
         "val_loss": curve["val_loss"][-1],
@@ -216,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 # Tiny settings for the smoke test (`tests/test_examples.py`) and `demo.py --quick`.
-QUICK = ["--steps", "30", "--context", "8", "--dims", "16", "--hidden", "32", "--sample-length", "20"]
+QUICK = ["--steps", "30", "--context", "8", "--dims", "16", "--blocks", "2", "--sample-length", "20"]
 
 
 def failures(result: dict) -> list[str]:
