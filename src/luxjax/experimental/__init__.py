@@ -15,3 +15,7 @@ from ._freeze import freeze as freeze
 from ._freeze import unfreeze as unfreeze
 from ._layer_map import layer_at as layer_at
 from ._layer_map import layer_map as layer_map
+from ._lora import LoRA as LoRA
+from ._lora import lora as lora
+from ._lora import merge_lora as merge_lora
+from ._lora import unlora as unlora

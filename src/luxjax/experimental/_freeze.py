@@ -325,7 +325,7 @@ def _merge(order: Any, trainable: Any, frozen: Any) -> Any:
     return merged
 
 
-def _check_frozen_state(layer: FrozenLayer, st: Any, path: KeyPath | None = None) -> None:
+def _check_frozen_state(layer: Layer, st: Any, path: KeyPath | None = None) -> None:
     if isinstance(st, Mapping) and "frozen_params" in st and "states" in st:
         return
     got = f"keys {', '.join(map(repr, st))}" if isinstance(st, Mapping) else f"a {type(st).__name__}"
