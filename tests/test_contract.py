@@ -67,6 +67,7 @@ def registry():
         lx.ReshapeLayer: [(lx.ReshapeLayer((2, 3)), x(2, 6))],
         lx.FlattenLayer: [(lx.FlattenLayer(), x(2, 3, 2))],
         lxe.FrozenLayer: [(lxe.FrozenLayer(lx.Dense(2, 3), ("weight",)), x(3, 2))],
+        lxe.LoRA: [(lxe.LoRA(lx.Dense(3, 4, jnp.tanh), 2, alpha=4.0), x(2, 3))],
         lxe.DebugLayer: [(lxe.DebugLayer(lx.Dense(2, 3, jnp.tanh)), x(3, 2))],
     }
 

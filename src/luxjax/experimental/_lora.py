@@ -19,7 +19,7 @@ from ..core import (
     check_layer_argument,
     tied_groups,
 )
-from ._freeze import _check_frozen_state
+from ._freeze import _check_frozen_state, freeze, unfreeze
 from ._layer_map import layer_map
 
 Where = str | type | Sequence[str | type] | Callable[[KeyPath, Layer], bool]
@@ -142,12 +142,15 @@ def lora(
     where: Where,
     alpha: float | None = None,
     key: jax.Array | None = None,
+    trainable: Where | None = None,
 ) -> tuple[Layer, Any, Any]:
-    """Wraps the chosen layers of `model` in `LoRA` adapters; returns `(model, ps, st)`.
+    """Wraps the chosen layers of `model` in `LoRA` adapters and freezes the rest; returns `(model, ps, st)`.
 
     Every leaf layer that `where` selects becomes `LoRA(layer, rank, alpha)` with the layer's
     current values frozen (moved into the state) and a fresh `A` (random) and `B` (zero), so the
-    adapted model starts with exactly the outputs of `model`; only the adapters are in `ps`.
+    adapted model starts with exactly the outputs of `model`. Every other layer with parameters
+    is frozen (`freeze`), except those `trainable` selects (a new head, say): so `ps` holds the
+    adapters (and those layers) only, and an optimizer keeps state for nothing else.
 
     Args:
         model, ps, st: the model and its trees.
@@ -158,15 +161,19 @@ def lora(
             and select the layer in every block. Matching nothing is an error.
         alpha: the update's scale numerator (default `rank`).
         key: the PRNG key for the `A` matrices (default `jax.random.key(0)`).
+        trainable: layers to leave trainable besides the adapters, selected as by `where`
+            (default: none).
 
     Example:
         >>> import jax, jax.numpy as jnp, luxjax as lx
         >>> from luxjax.experimental import lora
         >>> model = lx.Chain(enc=lx.Dense(8, 8, jnp.tanh), head=lx.Dense(8, 2))
         >>> ps, st = lx.setup(jax.random.key(0), model)
-        >>> adapted, ps_a, st_a = lora(model, ps, st, rank=2, where="enc")
+        >>> adapted, ps_a, st_a = lora(model, ps, st, rank=2, where="enc", trainable="head")
         >>> adapted
         Chain(enc=LoRA(Dense(8 => 8, tanh), rank=2), head=Dense(8 => 2))
+        >>> lx.parameter_count(adapted), lx.parameter_count(model)
+        (50, 90)
         >>> bool(jnp.allclose(adapted(jnp.ones((1, 8)), ps_a, st_a)[0], model(jnp.ones((1, 8)), ps, st)[0]))
         True
     """
@@ -191,10 +198,11 @@ def lora(
         chosen.append(path)
         return adapter, adapter_ps, {"frozen_params": layer_ps, "states": layer_st}
 
-    result = layer_map(adapt, model, ps, st)
+    model, ps, st = layer_map(adapt, model, ps, st)
     if not chosen:
         raise ValueError(f"lora: `where` selected no layer; the leaf layers are: {'; '.join(seen)}.")
-    return result
+    keep = (lambda path, layer: False) if trainable is None else _selector(trainable)
+    return freeze(model, ps, st, where=lambda path, layer: not isinstance(layer, LoRA) and not keep(path, layer))
 
 
 def _undo(model: Layer, ps: Any, st: Any, merge: bool) -> tuple[Layer, Any, Any]:
@@ -209,15 +217,16 @@ def _undo(model: Layer, ps: Any, st: Any, merge: bool) -> tuple[Layer, Any, Any]
             base = {**base, "weight": base["weight"] + layer.delta(layer_ps).astype(base["weight"].dtype)}
         return layer.layer, base, layer_st["states"]
 
-    return layer_map(undo, model, ps, st)
+    return unfreeze(*layer_map(undo, model, ps, st))
 
 
 def merge_lora(model: Layer, ps: Any, st: Any) -> tuple[Layer, Any, Any]:
     """Folds every `LoRA` adapter into its layer's weight: `(plain model, ps, st)` with the same outputs.
 
     Each adapted layer gets back its parameters, trainable again, with
-    `weight + (alpha / rank) * A @ B`; no `LoRA` layer is left and the parameter count is the
-    original model's.
+    `weight + (alpha / rank) * A @ B`, and the layers `lora` froze are unfrozen (as is any other
+    `FrozenLayer`): no `LoRA` or `FrozenLayer` is left and the parameter count is the original
+    model's.
 
     Example:
         >>> import jax, jax.numpy as jnp, luxjax as lx
@@ -233,7 +242,7 @@ def merge_lora(model: Layer, ps: Any, st: Any) -> tuple[Layer, Any, Any]:
 
 
 def unlora(model: Layer, ps: Any, st: Any) -> tuple[Layer, Any, Any]:
-    """Drops every `LoRA` adapter: `(plain model, ps, st)` with the base layers' own, unchanged values.
+    """Drops every `LoRA` adapter and unfreezes: `(plain model, ps, st)` with the base's own, unchanged values.
 
     Example:
         >>> import jax, luxjax as lx
