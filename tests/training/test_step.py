@@ -6,7 +6,7 @@ import pytest
 
 import luxjax as lx
 from luxjax.experimental import freeze, share_parameters
-from luxjax.training import TrainState, apply_gradients, compute_gradients, single_train_step
+from luxjax.training import TrainState, apply_gradients, compute_gradients, eval_step, single_train_step
 
 
 class Reuse(lx.ContainerLayer):
@@ -102,7 +102,8 @@ def test_explicit_ties_are_applied_at_construction(key):
     ps, st = lx.setup(key, model)
     ts = TrainState(model, ps, st, optax.sgd(0.1), ties=(("d2", "d1"),))
     assert ts.parameters["d1"]["weight"] is ts.parameters["d2"]["weight"]
-    assert ts.parameters["d1"]["weight"] is ps["d2"]["weight"]
+    # the group takes the value at its first accessor (a copy: the state owns its arrays)
+    np.testing.assert_array_equal(ts.parameters["d1"]["weight"], ps["d2"]["weight"])
     with pytest.raises(ValueError, match=r"`ps` has no 'd3'"):
         TrainState(model, ps, st, optax.sgd(0.1), ties=(("d3", "d1"),))
 
@@ -299,3 +300,135 @@ def test_frozen_values_get_no_optimizer_state_and_never_change(key, data):
     np.testing.assert_array_equal(ts.states["d1"]["frozen_params"]["weight"], frozen_weight)
     for a, b in zip(jax.tree.leaves(ts.parameters), jax.tree.leaves(ref)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# Issue 15: gradients only when asked for, the caller's arrays survive, a compiled eval step.
+
+
+def bn_model():
+    """A model with running statistics, a dropout key and the training flag in its state.
+
+    (BatchNorm comes first: a bias just before it would get only rounding noise as gradient,
+    which adam scales up to full steps, so two compilations of one step would drift apart.)
+    """
+    return lx.Chain(lx.BatchNorm(3), lx.Dense(3, 8, jnp.tanh), lx.Dropout(0.5), lx.Dense(8, 1))
+
+
+def values(tree):
+    """The leaves of `tree` as NumPy arrays (PRNG keys as their key data)."""
+    return [
+        np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+        for x in jax.tree.leaves(tree)
+    ]
+
+
+def model_and_trees(kind, key):
+    if kind == "tied":
+        return build_pair(key)[:3]
+    return bn_model(), *lx.setup(key, bn_model())
+
+
+@pytest.mark.parametrize("kind", ["stateful", "tied"])
+def test_issue_15_return_gradients_false_trains_the_same(key, data, kind):
+    model, ps, st = model_and_trees(kind, key)
+    ts_with = TrainState(model, ps, st, optax.adam(0.05))
+    ts_without = TrainState(model, ps, st, optax.adam(0.05))
+    for _ in range(10):
+        grads, loss_with, _, ts_with = single_train_step(mse, data, ts_with)
+        nothing, loss_without, _, ts_without = single_train_step(mse, data, ts_without, return_gradients=False)
+        np.testing.assert_allclose(loss_without, loss_with, rtol=1e-6)
+    assert nothing is None and jax.tree.structure(grads) == jax.tree.structure(ps)
+    assert ts_without.step == ts_with.step == 10
+    for a, b in zip(values((ts_without.parameters, ts_without.states)), values((ts_with.parameters, ts_with.states))):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    if kind == "tied":
+        assert ts_without.parameters["d1"]["weight"] is ts_without.parameters["d2"]["weight"]
+
+
+def test_issue_15_return_gradients_must_be_a_bool(key, data):
+    ts = TrainState(lx.Dense(3, 1), *lx.setup(key, lx.Dense(3, 1)), optax.sgd(0.1))
+    with pytest.raises(TypeError, match=r"single_train_step: `return_gradients` must be True or False, got 0\."):
+        single_train_step(mse, data, ts, return_gradients=0)
+
+
+@pytest.mark.parametrize("kind", ["stateful", "tied"])
+def test_issue_15_callers_arrays_are_readable_after_training(key, data, kind):
+    model, ps, st = model_and_trees(kind, key)
+    before = values((ps, st))
+    ts = TrainState(model, ps, st, optax.adam(0.05))
+    for _ in range(3):
+        _, _, _, ts = single_train_step(mse, data, ts, return_gradients=False)
+    # Before the fix, reading `ps` here raised `RuntimeError: Array has been deleted`.
+    for a, b in zip(values((ps, st)), before):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(values(ts.parameters)[0], values(ps)[0])  # trained a copy
+    if kind == "tied":  # the caller's tie and the state's tie both hold
+        assert ps["d1"]["weight"] is ps["d2"]["weight"]
+        assert ts.parameters["d1"]["weight"] is ts.parameters["d2"]["weight"]
+
+
+def test_issue_15_arrays_given_to_replace_survive_training(key, data):
+    model, ps, st = model_and_trees("stateful", key)
+    ts = TrainState(model, ps, st, optax.adam(0.05))
+    mine = copy(ts.parameters)
+    _, _, _, after = single_train_step(mse, data, ts.replace(parameters=mine))
+    assert not any(x.is_deleted() for x in jax.tree.leaves(mine))
+    assert after.step == 1
+
+
+def test_issue_15_eval_step_keeps_the_state_and_compiles_once(key, data):
+    traces = []
+
+    def objective(model, ps, st, data):
+        traces.append(st["layer_1"]["training"])
+        return mse(model, ps, st, data)
+
+    model = bn_model()
+    ts = TrainState(model, *lx.setup(key, model), optax.adam(0.05))
+    _, _, _, ts = single_train_step(objective, data, ts, return_gradients=False)
+    kept = values((ts.parameters, ts.states, ts.optimizer_state))
+    loss, stats = eval_step(objective, data, ts)
+    again, _ = eval_step(objective, data, ts)
+    assert traces == [lx.Training(True), lx.Training(False)]  # one trace per step kind, eval in test mode
+    # nothing donated, nothing changed: the state trains on from where it was
+    for a, b in zip(values((ts.parameters, ts.states, ts.optimizer_state)), kept):
+        np.testing.assert_array_equal(a, b)
+    assert ts.step == 1
+    # test mode: running statistics used (not the batch's), dropout off, deterministic
+    by_hand, _, by_hand_stats = mse(model, ts.parameters, lx.testmode(ts.states), data)
+    np.testing.assert_allclose(loss, by_hand, rtol=1e-6)
+    np.testing.assert_allclose(stats["mean"], by_hand_stats["mean"], rtol=1e-6)
+    assert float(again) == float(loss)
+    train_mode_loss = mse(model, ts.parameters, ts.states, data)[0]
+    assert not np.allclose(loss, train_mode_loss)
+    # the states a training step returns share the cache: no retrace
+    _, _, _, ts = single_train_step(objective, data, ts, return_gradients=False)
+    eval_step(objective, data, ts)
+    assert len(traces) == 2
+
+
+def test_issue_15_predict_is_the_test_mode_forward_pass(key, data):
+    traces = []
+
+    def count(x):
+        traces.append(1)
+        return x
+
+    model = lx.Chain(bn_model(), lx.WrappedFunction(count))
+    ts = TrainState(model, *lx.setup(key, model), optax.adam(0.05))
+    _, _, _, ts_1 = single_train_step(mse, data, ts, return_gradients=False)
+    y = ts_1.predict(data[0])
+    assert len(traces) == 2  # the step's trace, the forward pass's
+    expected, _ = model(data[0], ts_1.parameters, lx.testmode(ts_1.states))
+    np.testing.assert_allclose(y, expected, rtol=1e-5)
+    _, _, _, ts_2 = single_train_step(mse, data, ts_1, return_gradients=False)  # predict donated nothing
+    ts_2.predict(data[0])
+    assert len(traces) == 3  # only the eager call above: the states of one loop share the compiled pass
+
+
+def test_issue_15_eval_step_checks_its_arguments(key, data):
+    ts = TrainState(lx.Dense(3, 1), *lx.setup(key, lx.Dense(3, 1)), optax.sgd(0.1))
+    with pytest.raises(TypeError, match=r"eval_step: `objective` must be a function"):
+        eval_step(None, data, ts)
+    with pytest.raises(TypeError, match=r"eval_step: `ts` must be a luxjax.training.TrainState, got tuple"):
+        eval_step(mse, data, (ts,))

@@ -1,4 +1,4 @@
-"""Training helpers after Lux's `Lux.Training`: a train state, one compiled step, checkpoints.
+"""Training helpers after Lux's `Lux.Training`: a train state, compiled train and eval steps, checkpoints.
 
 Ties between parameters (`luxjax.experimental.share_parameters`) survive all of them.
 """
@@ -10,5 +10,6 @@ from ._checkpoint import save_train_state as save_train_state
 from ._flatten import flatten_parameters as flatten_parameters
 from ._step import apply_gradients as apply_gradients
 from ._step import compute_gradients as compute_gradients
+from ._step import eval_step as eval_step
 from ._step import single_train_step as single_train_step
 from ._train_state import TrainState as TrainState

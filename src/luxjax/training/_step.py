@@ -1,7 +1,8 @@
-"""The training step: `compute_gradients`, `apply_gradients` and `single_train_step`, as in Lux.
+"""The steps: `compute_gradients`, `apply_gradients`, `single_train_step` (as in Lux), `eval_step`.
 
 Each is one `jax.jit`-compiled call, built once per (model, optimizer, ties, objective) and
-reused: the per-step Python work is a dictionary look-up and the compiled call.
+kept in the train state's cache: per call, the Python work is a dictionary look-up, the
+compiled call and building the returned `TrainState`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,10 @@ from typing import Any
 import jax
 import optax
 
-from ..core import Groups, KeyPath, replace_at
-from ._train_state import TrainState, expand_ties, optimizer_promotion, reduce_ties
+from ..core import Groups, KeyPath, replace_at, testmode
+from ._train_state import Build, TrainState, compiled, expand_ties, optimizer_promotion
 
 Objective = Callable[[Any, Any, Any, Any], tuple[Any, Any, Any]]
-
-# Second-level cache, for TrainStates rebuilt from their pytree (which start with an empty
-# per-state cache). Keyed by everything the compiled function closes over.
-_COMPILED: dict[tuple, tuple[Any, Callable]] = {}
 
 
 def sum_ties(grads: Any, ties: Groups) -> Any:
@@ -51,39 +48,52 @@ def _update(optimizer: optax.GradientTransformation, ties: Groups, reduced: Any,
         return optax.apply_updates(reduced, updates), opt_state
 
 
-def _build(kind: str, objective: Any, model: Any, optimizer: Any, ties: Groups) -> Callable:
-    if kind == "single":
-
+def _build_single(return_gradients: bool) -> Build:
+    def build(objective: Objective, model: Any, optimizer: Any, ties: Groups) -> Callable:
         def single(reduced, st, opt_state, data):
             grads, loss, stats, st = _value_and_grad(objective, model, ties, reduced, st, data)
             reduced, opt_state = _update(optimizer, ties, reduced, opt_state, grads)
-            return grads, loss, stats, reduced, st, opt_state
+            # Without gradients XLA neither writes nor returns them (and JAX wraps no arrays).
+            return grads if return_gradients else None, loss, stats, reduced, st, opt_state
 
         return jax.jit(single, donate_argnums=(0, 1, 2))
-    if kind == "gradients":
-        return jax.jit(lambda reduced, st, data: _value_and_grad(objective, model, ties, reduced, st, data))
+
+    return build
+
+
+_BUILD_SINGLE = {True: _build_single(True), False: _build_single(False)}
+_SINGLE_KIND = {True: "single", False: "single without gradients"}
+
+
+def _build_gradients(objective: Objective, model: Any, optimizer: Any, ties: Groups) -> Callable:
+    del optimizer
+    return jax.jit(lambda reduced, st, data: _value_and_grad(objective, model, ties, reduced, st, data))
+
+
+def _build_apply(objective: Any, model: Any, optimizer: Any, ties: Groups) -> Callable:
+    del objective, model
     return jax.jit(
         lambda reduced, opt_state, grads: _update(optimizer, ties, reduced, opt_state, grads), donate_argnums=(0, 1)
     )
 
 
-def _compiled(ts: TrainState, kind: str, objective: Objective | None) -> Callable:
-    # Keyed by the objective's id (objectives need not be hashable); the entry keeps the
-    # objective alive and is checked with `is`, so an id is never confused with a reused one.
-    entry = ts._cache.get((kind, id(objective)))
-    if entry is None or entry[0] is not objective:
-        key = (kind, id(objective), ts.model, ts.optimizer, ts.ties)
-        entry = _COMPILED.get(key)
-        if entry is None or entry[0] is not objective:
-            entry = _COMPILED[key] = (objective, _build(kind, objective, ts.model, ts.optimizer, ts.ties))
-        ts._cache[kind, id(objective)] = entry
-    return entry[1]
+def _build_eval(objective: Objective, model: Any, optimizer: Any, ties: Groups) -> Callable:
+    del optimizer
+
+    def evaluate(reduced, st, data):
+        loss, _, stats = objective(model, expand_ties(reduced, ties), testmode(st), data)
+        return loss, stats
+
+    return jax.jit(evaluate)
 
 
-def _check(fn: str, ts: Any, objective: Any = None) -> None:
+_NO_OBJECTIVE = object()
+
+
+def _check(fn: str, ts: Any, objective: Any = _NO_OBJECTIVE) -> None:
     if not isinstance(ts, TrainState):
         raise TypeError(f"{fn}: `ts` must be a luxjax.training.TrainState, got {type(ts).__name__}.")
-    if objective is not None and not callable(objective):
+    if objective is not _NO_OBJECTIVE and not callable(objective):
         raise TypeError(
             f"{fn}: `objective` must be a function `objective(model, ps, st, data) -> (loss, st, stats)`, "
             f"got {objective!r}."
@@ -96,6 +106,7 @@ def compute_gradients(objective: Objective, data: Any, ts: TrainState) -> tuple[
     Returns `(grads, loss, stats, ts)`, where `ts` carries the new states (as in Lux). `grads`
     has the structure of `ps`; a tied place holds the gradient through that place alone (as
     `jax.grad` of the untied tree would), and `apply_gradients` sums them per tie group.
+    Nothing is donated.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax, luxjax as lx
@@ -111,9 +122,13 @@ def compute_gradients(objective: Objective, data: Any, ts: TrainState) -> tuple[
         (1, 2)
     """
     _check("compute_gradients", ts, objective)
-    fn = _compiled(ts, "gradients", objective)
-    grads, loss, stats, st = fn(reduce_ties(ts.parameters, ts.ties), ts.states, data)
-    return grads, loss, stats, ts.replace(states=st)
+    fn = compiled(ts, "gradients", objective, _build_gradients)
+    reduced = ts._reduced_parameters()
+    grads, loss, stats, st = fn(reduced, ts.states, data)
+    new = TrainState._new(
+        ts.model, reduced, ts._parameters, st, ts.optimizer, ts.optimizer_state, ts.step, ts.ties, ts._cache
+    )
+    return grads, loss, stats, new
 
 
 def apply_gradients(ts: TrainState, grads: Any) -> TrainState:
@@ -138,11 +153,12 @@ def apply_gradients(ts: TrainState, grads: Any) -> TrainState:
             f"apply_gradients: `grads` must have the structure of `ts.parameters`, "
             f"expected {jax.tree.structure(ts.parameters)}, got {jax.tree.structure(grads)}."
         )
-    fn = _compiled(ts, "apply", None)
-    reduced, opt_state = fn(reduce_ties(ts.parameters, ts.ties), ts.optimizer_state, grads)
+    fn = compiled(ts, "apply", None, _build_apply)
+    reduced, opt_state = fn(ts._reduced_parameters(), ts.optimizer_state, grads)
     return TrainState._new(
         ts.model,
-        expand_ties(reduced, ts.ties),
+        reduced,
+        None if ts.ties else reduced,
         ts.states,
         ts.optimizer,
         opt_state,
@@ -152,15 +168,21 @@ def apply_gradients(ts: TrainState, grads: Any) -> TrainState:
     )
 
 
-def single_train_step(objective: Objective, data: Any, ts: TrainState) -> tuple[Any, Any, Any, TrainState]:
+def single_train_step(
+    objective: Objective, data: Any, ts: TrainState, *, return_gradients: bool = True
+) -> tuple[Any, Any, Any, TrainState]:
     """Gradients and one optimizer update in one compiled call; returns `(grads, loss, stats, ts)`.
 
     `objective(model, ps, st, data) -> (loss, st, stats)` as in Lux. The step is compiled
-    once per (model, optimizer, ties, objective) and reused; shapes or dtypes of `data` that
-    change retrace as with any `jax.jit` function. Ties stay ties (see `TrainState`). The
-    buffers of `ts.parameters`, `ts.states` and `ts.optimizer_state` are donated to the step
-    (so frozen values kept in the state are not copied every step): use the returned state
-    afterwards. Nothing is copied to the host: `loss` is a device scalar.
+    once per (model, optimizer, ties, objective, `return_gradients`) and reused; shapes or
+    dtypes of `data` that change retrace as with any `jax.jit` function. Ties stay ties (see
+    `TrainState`). The buffers of `ts.parameters`, `ts.states` and `ts.optimizer_state` are
+    donated to the step (so frozen values kept in the state are not copied every step): use
+    the returned state afterwards. Nothing is copied to the host: `loss` is a device scalar.
+
+    `return_gradients=False` (Lux's `return_gradients=Val(false)`) returns `None` in place
+    of `grads`: the compiled step then neither writes the gradient tree to memory nor hands
+    it back, which is what a training loop that does not look at the gradients wants.
 
     With a `jax.sharding.Mesh`, put `data` (sharded over the batch) and the parameters
     (replicated or sharded) where they belong before building the `TrainState`; the compiled
@@ -177,15 +199,51 @@ def single_train_step(objective: Objective, data: Any, ts: TrainState) -> tuple[
         >>> ts = TrainState(model, ps, st, optax.adam(0.1))
         >>> data = (jnp.ones((4, 2)), jnp.ones((4, 1)))
         >>> for _ in range(100):
-        ...     grads, loss, stats, ts = single_train_step(mse, data, ts)
-        >>> bool(loss < 1e-3), ts.step
-        (True, 100)
+        ...     grads, loss, stats, ts = single_train_step(mse, data, ts, return_gradients=False)
+        >>> bool(loss < 1e-3), ts.step, grads
+        (True, 100, None)
     """
     _check("single_train_step", ts, objective)
-    fn = _compiled(ts, "single", objective)
+    if return_gradients is not True and return_gradients is not False:
+        raise TypeError(f"single_train_step: `return_gradients` must be True or False, got {return_gradients!r}.")
+    fn = compiled(ts, _SINGLE_KIND[return_gradients], objective, _BUILD_SINGLE[return_gradients])
+    reduced = ts._reduced
+    if reduced is None:
+        reduced = ts._reduced_parameters()
+    grads, loss, stats, reduced, st, opt_state = fn(reduced, ts.states, ts.optimizer_state, data)
     ties = ts.ties
-    grads, loss, stats, reduced, st, opt_state = fn(
-        reduce_ties(ts.parameters, ties) if ties else ts.parameters, ts.states, ts.optimizer_state, data
+    # With ties, `parameters` is rebuilt from `reduced` only when it is read.
+    new = TrainState._new(
+        ts.model, reduced, None if ties else reduced, st, ts.optimizer, opt_state, ts.step + 1, ties, ts._cache
     )
-    ps = expand_ties(reduced, ties) if ties else reduced
-    return grads, loss, stats, TrainState._new(ts.model, ps, st, ts.optimizer, opt_state, ts.step + 1, ties, ts._cache)
+    return grads, loss, stats, new
+
+
+def eval_step(objective: Objective, data: Any, ts: TrainState) -> tuple[Any, Any]:
+    """The objective at `ts` in test mode, compiled, without gradients; returns `(loss, stats)`.
+
+    Runs `objective(model, ps, testmode(st), data)`: dropout off, running statistics used
+    rather than updated. The new state it returns is dropped, nothing is donated and `ts` is
+    not changed, so validation can run between training steps on the same state. Compiled
+    once per (model, ties, objective) and kept in the train state's cache (which every state
+    a step returns shares): evaluating after every epoch does not recompile.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax, luxjax as lx
+        >>> from luxjax.training import TrainState, eval_step, single_train_step
+        >>> model = lx.Chain(lx.Dense(2, 8, jnp.tanh), lx.Dropout(0.5), lx.Dense(8, 1))
+        >>> ps, st = lx.setup(jax.random.key(0), model)
+        >>> def mse(model, ps, st, data):
+        ...     y, st = model(data[0], ps, st)
+        ...     return jnp.mean((y - data[1]) ** 2), st, {"mean": jnp.mean(y)}
+        >>> ts = TrainState(model, ps, st, optax.adam(1e-2))
+        >>> data = (jnp.ones((4, 2)), jnp.ones((4, 1)))
+        >>> _, _, _, ts = single_train_step(mse, data, ts, return_gradients=False)
+        >>> loss, stats = eval_step(mse, data, ts)
+        >>> by_hand = mse(model, ts.parameters, lx.testmode(ts.states), data)[0]
+        >>> bool(jnp.allclose(loss, by_hand)), sorted(stats), ts.step
+        (True, ['mean'], 1)
+    """
+    _check("eval_step", ts, objective)
+    fn = compiled(ts, "eval", objective, _build_eval)
+    return fn(ts._reduced_parameters(), ts.states, data)

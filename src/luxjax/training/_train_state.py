@@ -1,15 +1,15 @@
-"""`TrainState`: the model, its trees, an optax optimizer and its state, and the tie groups."""
+"""`TrainState`: the model, its trees, an optax optimizer and its state, the ties, the compile cache."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import optax
 
-from ..core import Groups, Layer, NotALayerError, replace_at, share_parameters, tie, tied_groups
+from ..core import Groups, Layer, NotALayerError, replace_at, share_parameters, testmode, tie, tied_groups
 
 
 @contextlib.contextmanager
@@ -35,6 +35,58 @@ def expand_ties(reduced: Any, ties: Groups) -> Any:
     return tie(reduced, ties) if ties else reduced
 
 
+def own(*trees: Any) -> tuple[Any, ...]:
+    """Copies of the JAX arrays in `trees` (one copy per distinct array, on the same devices).
+
+    The training step donates the state's buffers; copying once here means donation never
+    deletes an array the caller still holds. Places that held one array hold one copy.
+    Other leaves (NumPy arrays, Python scalars) are kept: donation cannot delete them.
+    """
+    leaves, treedef = jax.tree.flatten(trees)
+    distinct: dict[int, jax.Array] = {}
+    for leaf in leaves:
+        if isinstance(leaf, jax.Array):
+            distinct.setdefault(id(leaf), leaf)
+    if not distinct:
+        return trees
+    copies = dict(zip(distinct, jax.device_put(list(distinct.values()), may_alias=False)))
+    return jax.tree.unflatten(treedef, [copies.get(id(leaf), leaf) for leaf in leaves])
+
+
+# Second-level cache, for TrainStates rebuilt from their pytree (which start with an empty
+# per-state cache). Keyed by everything the compiled function closes over.
+_COMPILED: dict[tuple, tuple[Any, Callable]] = {}
+
+Build = Callable[[Any, Layer, optax.GradientTransformation, Groups], Callable]
+
+
+def compiled(ts: TrainState, kind: str, objective: Any, build: Build) -> Callable:
+    """The function `build(objective, model, optimizer, ties)` for this state, built once.
+
+    Cached on the state (and passed on to every state a step returns) under `(kind,
+    id(objective))`; objectives need not be hashable. The entry keeps the objective alive and
+    is checked with `is`, so an id is never confused with a reused one. States rebuilt from
+    their pytree find it in a module cache keyed by the model, optimizer and ties too.
+    """
+    entry = ts._cache.get((kind, id(objective)))
+    if entry is None or entry[0] is not objective:
+        key = (kind, id(objective), ts.model, ts.optimizer, ts.ties)
+        entry = _COMPILED.get(key)
+        if entry is None or entry[0] is not objective:
+            entry = _COMPILED[key] = (objective, build(objective, ts.model, ts.optimizer, ts.ties))
+        ts._cache[kind, id(objective)] = entry
+    return entry[1]
+
+
+def _build_predict(objective: Any, model: Layer, optimizer: Any, ties: Groups) -> Callable:
+    del objective, optimizer
+
+    def predict(reduced: Any, st: Any, x: Any) -> Any:
+        return model(x, expand_ties(reduced, ties), testmode(st))[0]
+
+    return jax.jit(predict)
+
+
 class TrainState:
     """Everything a training step needs, after Lux's `Training.TrainState`.
 
@@ -42,6 +94,11 @@ class TrainState:
     are `model`, `parameters`, `states`, `optimizer`, `optimizer_state`, `step` (as in Lux)
     and `ties`. A `TrainState` is immutable: the training helpers return a new one. It is a
     pytree whose leaves are the arrays of `parameters`, `states` and `optimizer_state`.
+
+    The state owns its arrays: it copies the arrays of `ps` and `st` once, here (and those
+    given to `replace`), because the training steps donate the state's buffers to XLA. So the
+    `ps` and `st` you passed stay readable after training, and the old state's arrays are
+    the ones a step deletes.
 
     Tied parameters (`luxjax.experimental.share_parameters`) are recorded as groups of leaf
     paths in `ties`, because array identity does not survive `jax.jit`:
@@ -53,13 +110,9 @@ class TrainState:
     The optimizer state holds one entry per tie group (its first path, the representative),
     so a tied matrix costs one set of adam moments. Every step sums the gradients of all the
     places of a group, applies the update once and writes it to every place: the same as a
-    model that calls one layer twice. `parameters` holds the ties as identity again after every
-    step, and also after `jax.jit`, `jax.lax.scan` or `jax.tree.map` over the `TrainState`
-    (its pytree unflattening re-ties them).
-
-    The first training step donates the buffers of `parameters`, `states` and
-    `optimizer_state` to the compiled step: keep a copy (`jax.tree.map(jnp.copy, ps)`) if you
-    need the initial values.
+    model that calls one layer twice. `parameters` holds the ties as identity again (put
+    back when first read after a step), also after `jax.jit`, `jax.lax.scan` or
+    `jax.tree.map` over the `TrainState` (its pytree unflattening re-ties them).
 
     Example:
         >>> import jax, jax.numpy as jnp, optax, luxjax as lx
@@ -69,12 +122,16 @@ class TrainState:
         >>> ts = TrainState(model, ps, st, optax.adam(1e-2))
         >>> ts.step, ts.ties
         (0, ())
+        >>> ts.parameters["weight"] is ps["weight"]  # a copy: `ps` survives training
+        False
     """
 
-    __slots__ = ("model", "parameters", "states", "optimizer", "optimizer_state", "step", "ties", "_cache")
+    # `_reduced` is `parameters` with the tied copies removed (what the compiled steps take);
+    # without ties it is `parameters` itself. Either of `_reduced` and `_parameters` may be
+    # `None` until first needed, so a step does no tie bookkeeping on the host.
+    __slots__ = ("model", "_reduced", "_parameters", "states", "optimizer", "optimizer_state", "step", "ties", "_cache")
 
     model: Layer
-    parameters: Any
     states: Any
     optimizer: optax.GradientTransformation
     optimizer_state: Any
@@ -97,26 +154,42 @@ class TrainState:
         if ties is not None:
             ps = share_parameters(ps, ties)
         groups = tied_groups(ps)
-        reduced = reduce_ties(ps, groups)
+        reduced, st = own(reduce_ties(ps, groups), st)
         # jit so that the moments follow the parameters' shardings (and are not on one device).
         with optimizer_promotion():
             optimizer_state = jax.jit(optimizer.init)(reduced)
-        self._set(model, ps, st, optimizer, optimizer_state, 0, groups, {})
+        parameters = expand_ties(reduced, groups)
+        _set(self, model, reduced, parameters, st, optimizer, optimizer_state, 0, groups, {})
 
-    def _set(self, model, parameters, states, optimizer, optimizer_state, step, ties, cache) -> None:
-        for name, value in zip(
-            self.__slots__, (model, parameters, states, optimizer, optimizer_state, step, ties, cache)
-        ):
-            object.__setattr__(self, name, value)
+    @property
+    def parameters(self) -> Any:
+        """The parameters `ps`; tied places hold the same array (`is`)."""
+        ps = self._parameters
+        if ps is None:
+            ps = expand_ties(self._reduced, self.ties)
+            object.__setattr__(self, "_parameters", ps)
+        return ps
+
+    def _reduced_parameters(self) -> Any:
+        """`parameters` without the tied copies (each tie group at its first path only)."""
+        reduced = self._reduced
+        if reduced is None:
+            reduced = reduce_ties(self._parameters, self.ties)
+            object.__setattr__(self, "_reduced", reduced)
+        return reduced
 
     @classmethod
-    def _new(cls, model, parameters, states, optimizer, optimizer_state, step, ties, cache) -> TrainState:
+    def _new(cls, model, reduced, parameters, states, optimizer, optimizer_state, step, ties, cache) -> TrainState:
+        """A state from its fields, unchecked and without copies: for the helpers' own results."""
         ts = object.__new__(cls)
-        ts._set(model, parameters, states, optimizer, optimizer_state, step, ties, cache)
+        _set(ts, model, reduced, parameters, states, optimizer, optimizer_state, step, ties, cache)
         return ts
 
     def replace(self, **changes: Any) -> TrainState:
         """A copy with some fields changed (`parameters`, `states`, `optimizer_state`, `step`).
+
+        As at construction, the new state copies the arrays you give it, so donation in
+        later steps leaves yours alone.
 
         Example:
             >>> import jax, optax, luxjax as lx
@@ -132,18 +205,45 @@ class TrainState:
                     f"TrainState.replace: can change {', '.join(repr(a) for a in allowed)}, got {name!r}; "
                     "build a new TrainState to change the model, optimizer or ties."
                 )
-        fields = {name: getattr(self, name) for name in self.__slots__}
-        fields.update(changes)
+        reduced, parameters = self._reduced, self._parameters
         if "parameters" in changes:
-            fields["parameters"] = expand_ties(fields["parameters"], self.ties)
-            found = tied_groups(fields["parameters"])
+            parameters = expand_ties(changes["parameters"], self.ties)
+            found = tied_groups(parameters)
             if found != self.ties:
                 show = lambda groups: [[str(p) for p in g] for g in groups]  # noqa: E731
                 raise ValueError(
                     f"TrainState.replace: the new `parameters` tie {show(found)} but the state ties "
                     f"{show(self.ties)}; build a new TrainState to change ties."
                 )
-        return TrainState._new(*(fields[name] for name in self.__slots__))
+            (reduced,) = own(reduce_ties(parameters, self.ties))
+            parameters = expand_ties(reduced, self.ties)
+        states = own(changes["states"])[0] if "states" in changes else self.states
+        opt_state = own(changes["optimizer_state"])[0] if "optimizer_state" in changes else self.optimizer_state
+        step = changes.get("step", self.step)
+        return TrainState._new(
+            self.model, reduced, parameters, states, self.optimizer, opt_state, step, self.ties, self._cache
+        )
+
+    def predict(self, x: Any) -> Any:
+        """The model's output on `x` in test mode: `model(x, ps, testmode(st))[0]`, compiled.
+
+        The forward pass only: no gradients, and the new state is dropped (running statistics
+        are used, not updated; dropout is off). Compiled once per model and ties, and kept in
+        the state's cache, so predicting on every state a training loop returns does not
+        recompile; new shapes of `x` retrace as with any `jax.jit` function. Nothing is
+        donated: the state stays usable.
+
+        Example:
+            >>> import jax, jax.numpy as jnp, optax, luxjax as lx
+            >>> from luxjax.training import TrainState
+            >>> model = lx.Chain(lx.Dense(2, 3), lx.Dropout(0.5))
+            >>> ps, st = lx.setup(jax.random.key(0), model)
+            >>> ts = TrainState(model, ps, st, optax.adam(1e-2))
+            >>> ts.predict(jnp.ones((4, 2))).shape
+            (4, 3)
+        """
+        fn = compiled(self, "predict", None, _build_predict)
+        return fn(self._reduced_parameters(), self.states, x)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"TrainState is immutable; use `ts.replace({name}=...)` to get a changed copy.")
@@ -151,6 +251,21 @@ class TrainState:
     def __repr__(self) -> str:
         ties = f", ties={[[str(p) for p in g] for g in self.ties]}" if self.ties else ""
         return f"TrainState({self.model!r}, step={self.step}{ties})"
+
+
+_setattr = object.__setattr__
+
+
+def _set(ts, model, reduced, parameters, states, optimizer, optimizer_state, step, ties, cache) -> None:
+    _setattr(ts, "model", model)
+    _setattr(ts, "_reduced", reduced)
+    _setattr(ts, "_parameters", parameters)
+    _setattr(ts, "states", states)
+    _setattr(ts, "optimizer", optimizer)
+    _setattr(ts, "optimizer_state", optimizer_state)
+    _setattr(ts, "step", step)
+    _setattr(ts, "ties", ties)
+    _setattr(ts, "_cache", cache)
 
 
 def _flatten(ts: TrainState):
@@ -173,7 +288,8 @@ def _unflatten(aux, children) -> TrainState:
             parameters = tie(parameters, ties)
         except (KeyError, TypeError, IndexError):
             pass
-    return TrainState._new(model, parameters, states, optimizer, optimizer_state, step, ties, {})
+    reduced = None if ties else parameters
+    return TrainState._new(model, reduced, parameters, states, optimizer, optimizer_state, step, ties, {})
 
 
 jax.tree_util.register_pytree_with_keys(TrainState, _flatten, _unflatten)
