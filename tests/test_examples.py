@@ -12,7 +12,7 @@ import jax
 import pytest
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
-SCRIPTS = ["transfer_learning", "nan_hunt", "tied_lm", "demo"]
+SCRIPTS = ["transfer_learning", "nan_hunt", "tied_lm", "lora_lm", "demo"]
 
 
 @pytest.fixture(autouse=True)
@@ -79,6 +79,15 @@ def test_tied_lm_keeps_its_tie_through_training(tmp_path):
     assert result["val_loss"] < result["first_val_loss"]
     assert is_png(result["plot"])
     assert result["sample"].startswith("def ")
+
+
+def test_lora_lm_adapts_and_merges_back_exactly(tmp_path):
+    module, result = run("lora_lm", tmp_path)
+    assert result["LoRA_fraction"] < result["head only_fraction"] < result["full fine-tuning_fraction"] == 1.0
+    assert result["lora_adam_state"] < result["full_adam_state"] / 3
+    assert result["merged_is_plain"] and result["merge_difference"] < 1e-5
+    assert is_png(result["plot"])
+    assert module.failures(result) == []
 
 
 def test_demo_driver_runs_a_part_and_ends_with_the_summary(tmp_path, capsys):

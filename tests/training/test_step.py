@@ -432,3 +432,21 @@ def test_issue_15_eval_step_checks_its_arguments(key, data):
         eval_step(None, data, ts)
     with pytest.raises(TypeError, match=r"eval_step: `ts` must be a luxjax.training.TrainState, got tuple"):
         eval_step(mse, data, (ts,))
+
+
+def test_a_tie_frozen_into_the_states_trains(key):
+    # Both places of a tie frozen: the states hold one array twice, and the step donates them.
+    model = lx.Chain(embed=lx.Dense(3, 3), mid=lx.Dense(3, 3), out=lx.Dense(3, 3))
+    ps, st = lx.setup(key, model)
+    ps = share_parameters(ps, (("out.weight", "embed.weight"),))
+    model, ps, st = freeze(model, ps, st, ("embed", "out"))
+    ts = TrainState(model, ps, st, optax.sgd(0.1))
+
+    def objective(model, ps, st, x):
+        y, st = model(x, ps, st)
+        return jnp.mean(y**2), st, {}
+
+    for _ in range(2):
+        _, loss, _, ts = single_train_step(objective, jnp.ones((2, 3)), ts)
+    frozen = ts.states["embed"]["frozen_params"]["weight"]
+    np.testing.assert_array_equal(frozen, ts.states["out"]["frozen_params"]["weight"])

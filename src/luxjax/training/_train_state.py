@@ -36,21 +36,21 @@ def expand_ties(reduced: Any, ties: Groups) -> Any:
 
 
 def own(*trees: Any) -> tuple[Any, ...]:
-    """Copies of the JAX arrays in `trees` (one copy per distinct array, on the same devices).
+    """Copies of the JAX arrays in `trees`, one per place, on the same devices.
 
     The training step donates the state's buffers; copying once here means donation never
-    deletes an array the caller still holds. Places that held one array hold one copy.
+    deletes an array the caller still holds. Every place gets its own copy, so no buffer is
+    donated twice: tied parameters are reduced to one place before this, and a tie frozen
+    into the states (both places frozen) becomes two equal arrays that never change.
     Other leaves (NumPy arrays, Python scalars) are kept: donation cannot delete them.
     """
     leaves, treedef = jax.tree.flatten(trees)
-    distinct: dict[int, jax.Array] = {}
-    for leaf in leaves:
-        if isinstance(leaf, jax.Array):
-            distinct.setdefault(id(leaf), leaf)
-    if not distinct:
+    places = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.Array)]
+    if not places:
         return trees
-    copies = dict(zip(distinct, jax.device_put(list(distinct.values()), may_alias=False)))
-    return jax.tree.unflatten(treedef, [copies.get(id(leaf), leaf) for leaf in leaves])
+    for i, copy in zip(places, jax.device_put([leaves[i] for i in places], may_alias=False)):
+        leaves[i] = copy
+    return jax.tree.unflatten(treedef, leaves)
 
 
 # Second-level cache, for TrainStates rebuilt from their pytree (which start with an empty
