@@ -532,3 +532,14 @@ def test_a_save_removes_the_temp_files_of_killed_saves(tmp_path):
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_one_key_at_two_places_stays_one_key(tmp_path):
+    key = jax.random.key(5)
+    ps = {"a": {"key": key}, "b": {"key": key}, "w": jnp.ones(2)}
+    save(tmp_path / "k.safetensors", ps, {"same": key})
+    ps2, st2 = load(tmp_path / "k.safetensors")
+    assert ps2["a"]["key"] is ps2["b"]["key"] is st2["same"]
+    np.testing.assert_array_equal(jax.random.key_data(ps2["a"]["key"]), jax.random.key_data(key))
+    with pytest.raises(TypeError, match=r"save: the int at st.big has more than 3,900 digits; store it as a string"):
+        save(tmp_path / "k.safetensors", {}, {"big": 10**5000})
