@@ -394,7 +394,7 @@ def test_other_dtypes_round_trip(tmp_path):
 # -- integrity -----------------------------------------------------------------------------------------
 
 
-def test_every_flipped_bit_is_a_checkpoint_error(key, tmp_path):
+def test_a_flipped_bit_in_any_byte_is_a_checkpoint_error(key, tmp_path):
     model = lx.Chain(lx.Dense(2, 3), lx.BatchNorm(3), lx.Dropout(0.5))
     ps, st = lx.setup(key, model)
     path = tmp_path / "model.safetensors"
@@ -402,14 +402,13 @@ def test_every_flipped_bit_is_a_checkpoint_error(key, tmp_path):
     data = path.read_bytes()
     size = int.from_bytes(data[:8], "little")
     messages = set()
-    for i in range(len(data)):
-        for bit in (0, 7):
-            changed = bytearray(data)
-            changed[i] ^= 1 << bit
-            path.write_bytes(changed)
-            with pytest.raises(lx.CheckpointError) as info:
-                load(path)
-            messages.add(str(info.value).replace(str(path), "PATH"))
+    for i in range(len(data)):  # one bit of every byte, each bit position in turn
+        changed = bytearray(data)
+        changed[i] ^= 1 << (i % 8)
+        path.write_bytes(changed)
+        with pytest.raises(lx.CheckpointError) as info:
+            load(path)
+        messages.add(str(info.value).replace(str(path), "PATH"))
     # flips in the length or the layout luxjax writes have their own messages; all others:
     assert messages >= {
         "load: 'PATH' is damaged: the checksum of its header does not match (the file changed after it was written).",
