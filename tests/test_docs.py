@@ -12,7 +12,7 @@ ROOT = pathlib.Path(__file__).parents[1]
 # Pages whose code blocks form one program. The others (debugging, training, layers, examples)
 # show fragments of the programs in examples/ and tests/, which run there.
 PAGES = ["README.md", "docs/core.md", "docs/freezing.md", "docs/layer_map.md", "docs/tied_parameters.md"]
-PAGES += ["docs/deep_models.md"]
+PAGES += ["docs/deep_models.md", "docs/lora.md"]
 
 
 def run_page(page: str) -> str:
@@ -33,6 +33,8 @@ def test_page_code_runs(page):
         assert printed.startswith("zeroing params of KeyPath('chain', 'dense_1')\n")
     if page == "docs/core.md":
         assert "Dense(4 => 4) at block.body.layer_1: expected input with last axis 4, got shape (2, 3)." in printed
+    if page == "docs/lora.md":
+        assert printed == "4642 of 12898 parameters train\n0.0\n"
     if page == "docs/deep_models.md":
         assert "Dense(16 => 64, gelu) (64, 16)" in printed
         assert "at location blocks.7.mlp.fc2 (forward pass)" in printed
