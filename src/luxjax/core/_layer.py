@@ -14,7 +14,7 @@ import jax
 from ._display import display
 from ._errors import LayerError, NotALayerError, StructureError
 from ._keypath import KeyPath
-from ._walk import assembled
+from ._walk import assembled, fit_problem
 
 # Ids of the layers whose constructor is running: only they may assign their fields.
 _BUILDING: set[int] = set()
@@ -70,11 +70,26 @@ class _LayerMeta(type):
         return layer
 
 
+# Whether a layer's call is running: only the outermost call checks the trees it is given.
+_IN_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("luxjax_in_call", default=False)
+
+
 def _scoped(call: Callable) -> Callable:
+    """The layer's `__call__` in a named scope; the outermost call first checks `ps` and `st` against the layer."""
+
     @functools.wraps(call)
     def scoped(self: Layer, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
         with jax.named_scope(type(self).__name__):
-            return call(self, x, ps, st)
+            if _IN_CALL.get():
+                return call(self, x, ps, st)
+            problem = fit_problem(self, ps, st)
+            if problem:
+                raise StructureError(self, problem)
+            token = _IN_CALL.set(True)
+            try:
+                return call(self, x, ps, st)
+            finally:
+                _IN_CALL.reset(token)
 
     return scoped
 

@@ -32,19 +32,40 @@ class Training:
         return f"Training({self.value})"
 
 
+def _replaced(st: Any, name: str, value: Any, found: list[bool]) -> Any:
+    if isinstance(st, dict):
+        found[0] = found[0] or name in st
+        return {k: value if k == name else _replaced(v, name, value, found) for k, v in st.items()}
+    if isinstance(st, (tuple, list)):
+        return type(st)(_replaced(v, name, value, found) for v in st)
+    return st
+
+
+def _keys(st: Any) -> set[str]:
+    if isinstance(st, dict):
+        return set(st).union(*(_keys(v) for v in st.values()))
+    if isinstance(st, (tuple, list)):
+        return set().union(*(_keys(v) for v in st))
+    return set()
+
+
 def update_state(st: Any, name: str, value: Any) -> Any:
     """Returns a copy of `st` with every entry called `name`, at any depth, set to `value`.
+
+    A name that is nowhere in `st` is a `KeyError` listing the names there are (a misspelled
+    name would otherwise change nothing, silently).
 
     Example:
         >>> import luxjax as lx
         >>> lx.update_state({"a": {"count": 1}, "count": 2}, "count", 0)
         {'a': {'count': 0}, 'count': 0}
     """
-    if isinstance(st, dict):
-        return {k: value if k == name else update_state(v, name, value) for k, v in st.items()}
-    if isinstance(st, (tuple, list)):
-        return type(st)(update_state(v, name, value) for v in st)
-    return st
+    found = [False]
+    new = _replaced(st, name, value, found)
+    if not found[0]:
+        have = ", ".join(map(repr, sorted(_keys(st)))) or "none"
+        raise KeyError(f"update_state: no entry {name!r} anywhere in `st`; its entries are named {have}.")
+    return new
 
 
 def testmode(st: Any) -> Any:
@@ -55,7 +76,7 @@ def testmode(st: Any) -> Any:
         >>> lx.testmode({"layer_1": {"training": lx.Training(True)}})
         {'layer_1': {'training': Training(False)}}
     """
-    return update_state(st, "training", Training(False))
+    return _replaced(st, "training", Training(False), [False])
 
 
 def trainmode(st: Any) -> Any:
@@ -66,4 +87,4 @@ def trainmode(st: Any) -> Any:
         >>> lx.trainmode({"training": lx.Training(False)})
         {'training': Training(True)}
     """
-    return update_state(st, "training", Training(True))
+    return _replaced(st, "training", Training(True), [False])

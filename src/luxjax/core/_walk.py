@@ -9,7 +9,9 @@ imports no layer class.
 
 from __future__ import annotations
 
+import collections
 import functools
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -210,3 +212,42 @@ def misfit(template: Any, tree: Any) -> str:
     if not parts:
         parts = [f"expected the tree {_skeleton(template)}, got {_skeleton(tree)}"]
     return "; ".join(parts) + "."
+
+
+# -- do the trees a model is called with fit it? ------------------------------------------------
+
+
+def _signature(tree: Any) -> tuple[Any, tuple[Any, ...]]:
+    leaves, treedef = jax.tree.flatten(tree, is_leaf=lambda x: isinstance(x, Training))
+    return treedef, tuple("flag" if isinstance(leaf, Training) else jnp.shape(leaf) for leaf in leaves)
+
+
+def _problem(layer: Any, ps: Any, st: Any) -> str:
+    params, state = abstract_init(layer, "params"), abstract_init(layer, "state")
+    wrong_ps, wrong_st = misfit(params, ps), misfit(state, st)
+    if not (wrong_ps or wrong_st):
+        return ""
+    if not misfit(params, st) and not misfit(state, ps):
+        return "`ps` and `st` are swapped: call it as `model(x, ps, st)`, parameters first."
+    what, wrong = ("`ps`", wrong_ps) if wrong_ps else ("`st`", wrong_st)
+    return f"{what} does not fit the layer: {wrong} Build the trees with `luxjax.setup(key, model)`."
+
+
+_FITS: collections.OrderedDict[Any, str] = collections.OrderedDict()  # the last 1,024 answers
+_FITS_LOCK = threading.Lock()
+
+
+def fit_problem(layer: Any, ps: Any, st: Any) -> str:
+    """What is wrong with `ps`/`st` for `layer` (structure and shapes), or `""`; cached per layer and tree shapes."""
+    if not _hashable(layer):
+        return _problem(layer, ps, st)
+    key = (layer, _signature(ps), _signature(st))
+    with _FITS_LOCK:
+        known = _FITS.get(key)
+    if known is None:
+        known = _problem(layer, ps, st)
+        with _FITS_LOCK:
+            _FITS[key] = known
+            while len(_FITS) > 1024:
+                _FITS.popitem(last=False)
+    return known

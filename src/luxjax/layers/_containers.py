@@ -5,7 +5,7 @@ from typing import Any
 
 import jax
 
-from ..core import ContainerLayer, Layer, ShapeError, assembled, check_layer_argument, function_name
+from ..core import ConfigError, ContainerLayer, Layer, ShapeError, assembled, check_layer_argument, function_name
 
 Children = tuple[tuple[str, Layer], ...]
 
@@ -13,7 +13,13 @@ Children = tuple[tuple[str, Layer], ...]
 def _named(owner: str, layers: tuple, named: Mapping[str, Any]) -> Children:
     if layers and named:
         raise TypeError(f"{owner}: give the child layers either all positionally or all by name, not both.")
-    items = named.items() if named else ((f"layer_{i + 1}", layer) for i, layer in enumerate(layers))
+    items = list(named.items()) if named else [(f"layer_{i + 1}", layer) for i, layer in enumerate(layers)]
+    for name, _ in items:
+        if not name or "." in name or name.isdigit():
+            raise ConfigError(
+                f"{owner}: child names are paths' parts, so they must be non-empty, without '.', and not all "
+                f"digits (a digit part is a block index); got {name!r}."
+            )
     return tuple((name, check_layer_argument(owner, layer, f"child {name!r}")) for name, layer in items)
 
 
