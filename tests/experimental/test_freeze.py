@@ -181,7 +181,7 @@ def test_frozen_batchnorm_still_updates_its_running_statistics(key):
 def test_wrong_state_is_a_clear_error(key):
     frozen = freeze(lx.Dense(2, 2), ("weight",))
     ps, st = lx.setup(key, lx.Dense(2, 2))
-    with pytest.raises(ValueError, match=r"states must be \{'frozen_params': ..., 'states': ...\}.* got keys"):
+    with pytest.raises(lx.StructureError, match=r"`st` does not fit the layer: missing 'frozen_params.weight'"):
         frozen(X, {"bias": ps["bias"]}, {"weight": ps["weight"]})
 
 

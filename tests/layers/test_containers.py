@@ -41,7 +41,7 @@ def test_chain_rejects_non_layers_naming_them():
 
 def test_chain_reports_missing_parameters(key):
     model = lx.Chain(a=lx.Dense(2, 2))
-    with pytest.raises(ValueError, match=r"parameters have no entry 'a' for child Dense\(2 => 2\); found 'b'"):
+    with pytest.raises(lx.StructureError, match=r"`ps` does not fit the layer: missing 'a.bias', 'a.weight'"):
         model(X, {"b": {}}, {"a": {}})
 
 

@@ -114,8 +114,10 @@ def test_bad_blocks_and_bad_trees_are_clear_errors(key):
         stacked(X, *lx.setup(key, stacked))
     stacked = lx.Stacked(lx.Dense(4, 4), 2)
     ps, st = lx.setup(key, stacked)
-    with pytest.raises(lx.StructureError, match=r"one block per index of their leading axis \(2\), but weight has"):
+    with pytest.raises(lx.StructureError, match=r"'weight' has shape \(4, 4\), expected \(2, 4, 4\)"):
         stacked(X, {**ps, "weight": ps["weight"][0]}, st)
+    with pytest.raises(lx.StructureError, match=r"one block per index of their leading axis \(2\), but weight has"):
+        stacked.to_chain({**ps, "weight": ps["weight"][0]}, st)
     with pytest.raises(lx.ConfigError, match=r"Stacked: `n` must be a positive int, got 0"):
         lx.Stacked(lx.Dense(4, 4), 0)
 

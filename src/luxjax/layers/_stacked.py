@@ -103,9 +103,6 @@ class Stacked(WrapperLayer):
                 )
 
     def __call__(self, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
-        self._check_stacked(ps, "parameters")
-        self._check_stacked(st, "states")
-
         def step(carry: Any, block: tuple[jax.Array, Any, Any]) -> tuple[Any, Any]:
             index, ps_i, st_i = block
             with running_block(index):
