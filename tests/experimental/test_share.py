@@ -171,3 +171,10 @@ def test_share_keeps_structure_and_ties_exactly_the_group(sizes, data):
         expected = ps[group[0]] if name in group else ps[name]
         assert shared[name]["weight"] is expected["weight"]
         np.testing.assert_array_equal(shared[name]["bias"], expected["bias"])
+
+
+def test_tying_keeps_each_place_in_its_own_key_order():
+    ps = {"a": {"w": jnp.ones(2), "b": jnp.zeros(2)}, "c": {"b": jnp.zeros(2), "w": jnp.ones(2)}}
+    tied = share_parameters(ps, (("a", "c"),))
+    assert list(tied["a"]) == ["w", "b"] and list(tied["c"]) == ["b", "w"]
+    assert tied["c"]["w"] is tied["a"]["w"] and tied["c"]["b"] is tied["a"]["b"]

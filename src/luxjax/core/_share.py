@@ -32,6 +32,13 @@ def _get(fn: str, ps: Any, accessor: str) -> Any:
     return node
 
 
+def _in_order_of(place: Any, value: Any) -> Any:
+    """A copy of the dicts of `value` with the keys in `place`'s order (the leaves are `value`'s own)."""
+    if isinstance(place, Mapping) and isinstance(value, Mapping):
+        return {k: _in_order_of(place[k], value[k]) for k in place}
+    return value
+
+
 def _check_sharing(sharing: Any) -> list[list[str]]:
     if isinstance(sharing, str) or not isinstance(sharing, Iterable):
         raise ValueError(
@@ -150,6 +157,6 @@ def share_parameters(ps: dict, sharing: Sequence[Sequence[str]], new_parameters:
             value, value_name = new_parameters[index], f"new_parameters[{index}]"
         for accessor, place in zip(group, places):
             _check_match(value, value_name, place, accessor)
-        for accessor in group:
-            updates[KeyPath.parse(accessor)] = copy_dicts(value)
+        for accessor, place in zip(group, places):
+            updates[KeyPath.parse(accessor)] = _in_order_of(place, value)
     return replace_at(copy_dicts(ps), updates)

@@ -21,7 +21,16 @@ from ._layer_map import _entry, layer_map
 
 Names = tuple[str, ...] | None
 Where = Callable[[KeyPath, Layer], Any]
-_MISSING: Any = object()
+
+
+class _Missing:
+    """The default of `which_params` when it is not given: freeze everything."""
+
+    def __repr__(self) -> str:
+        return "None"
+
+
+_MISSING: Any = _Missing()
 
 
 class FrozenLayer(Layer):
