@@ -53,7 +53,7 @@ class TransformerSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    """Shapes of every workload; `smoke` shrinks them for the test suite."""
+    """Shapes of every workload: `FULL` (the CPU default), `GPU` (`--sizes gpu`), `SMOKE` (the test suite's)."""
 
     tiny: MLPSpec
     medium: MLPSpec
@@ -70,6 +70,16 @@ FULL = Sizes(
     structure_layers=1000,
 )
 
+# `--sizes gpu`: the same cells at sizes where a GPU is busy. The tiny MLP stays tiny: it is the
+# cell that measures per-call overhead, which is what a GPU makes relatively larger.
+GPU = Sizes(
+    tiny=FULL.tiny,
+    medium=MLPSpec(batch=1024, sizes=(2048,) * 4 + (10,)),
+    cnn=CNNSpec(batch=1024, channels=(1, 16, 32), image=8, classes=10),
+    transformer=TransformerSpec(batch=32, seq=512, d_model=768, heads=12, blocks=6),
+    structure_layers=1000,
+)
+
 SMOKE = Sizes(
     tiny=MLPSpec(batch=4, sizes=(8,) * 3 + (10,)),
     medium=MLPSpec(batch=8, sizes=(16, 32, 32, 10)),
@@ -77,6 +87,8 @@ SMOKE = Sizes(
     transformer=TransformerSpec(batch=2, seq=8, d_model=16, heads=2, blocks=1),
     structure_layers=20,
 )
+
+SIZES = {"cpu": FULL, "gpu": GPU}  # the choices of `--sizes`
 
 
 def _uniform(rng: np.random.Generator, fan_in: int, shape: tuple[int, ...]) -> np.ndarray:
