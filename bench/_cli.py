@@ -162,11 +162,13 @@ def check(rows: list[dict]) -> list[str]:
 
 
 def _device() -> str:
-    """The device JAX runs on: its platform and kind, e.g. `gpu: NVIDIA H200`."""
+    """The devices JAX runs on, e.g. `cpu` or `gpu: 1 x NVIDIA H200`."""
     import jax
 
     device = jax.devices()[0]
-    return f"{device.platform}: {device.device_kind} x {jax.device_count()}"
+    if device.platform == "cpu":
+        return "cpu"
+    return f"{device.platform}: {jax.device_count()} x {device.device_kind}"
 
 
 def _prime() -> None:
