@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -11,8 +12,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from . import _harness, _suite
-from ._workloads import FULL, SMOKE
+from . import _harness, _suite, _workloads
 
 TARGETS = {  # luxjax's targets from the benchmark issue
     "vs_fastest": 1.05,  # workloads 1-4, luxjax cells against the fastest peer in the same round
@@ -206,6 +206,16 @@ def check(rows: list[dict]) -> list[str]:
     return problems
 
 
+def _device() -> str:
+    """The devices JAX runs on, e.g. `cpu` or `gpu: 1 x NVIDIA H200`."""
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return "cpu"
+    return f"{device.platform}: {jax.device_count()} x {device.device_kind}"
+
+
 def _prime() -> None:
     """Pays JAX's one-time start-up (backend, first trace and compile) before anything is timed,
     so it does not land in the first cell's first-call time."""
@@ -224,6 +234,13 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds: under a minute")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes and two rounds: the test suite's check")
+    parser.add_argument(
+        "--sizes",
+        choices=tuple(_workloads.SIZES),
+        default=None,
+        help="workload shapes: cpu (the default) or gpu (MLP batch 1024 width 2048, CNN batch 1024, "
+        "transformer batch 32 x 512 tokens, d_model 768, 12 heads, 6 blocks)",
+    )
     parser.add_argument("--only", default=",".join(_suite.WORKLOADS), help="comma-separated workloads to run")
     parser.add_argument("--out", default="bench_out/results.json", help="where to write the JSON results")
     parser.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
@@ -234,7 +251,10 @@ def main(argv: list[str]) -> int:
     settings = _harness.SMOKE if args.smoke else _harness.QUICK if args.quick else _harness.DEFAULT
     if args.rounds is not None:
         settings = _harness.Settings(**{**settings.__dict__, "rounds": args.rounds})
-    sizes = SMOKE if args.smoke else FULL
+    if args.smoke and args.sizes is not None:
+        parser.error("--smoke has its own tiny shapes; leave out --sizes")
+    sizes_name = "smoke" if args.smoke else args.sizes or "cpu"
+    sizes = _workloads.SMOKE if args.smoke else _workloads.SIZES[sizes_name]
     chosen = [w.strip() for w in args.only.split(",") if w.strip()]
     unknown = [w for w in chosen if w not in _suite.WORKLOADS]
     if unknown:
@@ -245,6 +265,10 @@ def main(argv: list[str]) -> int:
 
     started = time.perf_counter()
     _prime()
+    import jax
+
+    if sizes_name == "gpu" and jax.default_backend() == "cpu":
+        log("--sizes gpu on a CPU backend: the GPU shapes take a long time here")
     load_before = os.getloadavg()
     rows: list[dict] = []
     # Equinox's backward_nan prints every primal and cotangent on each backward pass (its
@@ -266,7 +290,11 @@ def main(argv: list[str]) -> int:
     info = machine()
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
     mode = "smoke" if args.smoke else "quick" if args.quick else "default"
-    print(f"{info['cpu']}, {info['cores']} cores; {versions}; {mode} run, {datetime.date.today().isoformat()}")
+    device = _device()
+    print(
+        f"{info['cpu']}, {info['cores']} cores; {device}; {versions}; {mode} run, {sizes_name} sizes, "
+        f"{datetime.date.today().isoformat()}"
+    )
     print()
     print(text)
     print()
@@ -282,6 +310,9 @@ def main(argv: list[str]) -> int:
     result = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "mode": mode,
+        "sizes": sizes_name,
+        "shapes": dataclasses.asdict(sizes),
+        "device": device,
         "settings": settings.__dict__,
         "machine": info,
         "load_average_before": load_before,

@@ -53,7 +53,11 @@ def step_runner(model, ps, st, loss, batch, wrap=None, donate=False):
 
 
 def train_state_runner(model, ps, st, loss, batch):
-    """luxjax's own helper: `TrainState` + `single_train_step(objective, data, ts)`."""
+    """luxjax's own helper: `TrainState` + `single_train_step(objective, data, ts, return_gradients=False)`.
+
+    The loop does not look at the gradients (nor do the other implementations return them),
+    so it asks for none, as a training loop would.
+    """
 
     def objective(model, ps, st, data):
         x, y = data
@@ -63,7 +67,7 @@ def train_state_runner(model, ps, st, loss, batch):
     holder = [lx.training.TrainState(model, ps, st, optax.adam(LEARNING_RATE))]
 
     def step():
-        _, value, _, holder[0] = lx.training.single_train_step(objective, batch, holder[0])
+        _, value, _, holder[0] = lx.training.single_train_step(objective, batch, holder[0], return_gradients=False)
         return value
 
     return step

@@ -61,7 +61,7 @@ class DeepSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    """Shapes of every workload; `smoke` shrinks them for the test suite."""
+    """Shapes of every workload: `FULL` (the CPU default), `GPU` (`--sizes gpu`), `SMOKE` (the test suite's)."""
 
     tiny: MLPSpec
     medium: MLPSpec
@@ -80,6 +80,17 @@ FULL = Sizes(
     deep=DeepSpec(TransformerSpec(batch=8, seq=32, d_model=64, heads=4, blocks=24), memory_seq=512),
 )
 
+# `--sizes gpu`: the same cells at sizes where a GPU is busy. The tiny MLP stays tiny: it is the
+# cell that measures per-call overhead, which is what a GPU makes relatively larger.
+GPU = Sizes(
+    tiny=FULL.tiny,
+    medium=MLPSpec(batch=1024, sizes=(2048,) * 4 + (10,)),
+    cnn=CNNSpec(batch=1024, channels=(1, 16, 32), image=8, classes=10),
+    transformer=TransformerSpec(batch=32, seq=512, d_model=768, heads=12, blocks=6),
+    structure_layers=1000,
+    deep=DeepSpec(TransformerSpec(batch=16, seq=256, d_model=768, heads=12, blocks=12), memory_seq=1024),
+)
+
 SMOKE = Sizes(
     tiny=MLPSpec(batch=4, sizes=(8,) * 3 + (10,)),
     medium=MLPSpec(batch=8, sizes=(16, 32, 32, 10)),
@@ -88,6 +99,8 @@ SMOKE = Sizes(
     structure_layers=20,
     deep=DeepSpec(TransformerSpec(batch=2, seq=8, d_model=16, heads=2, blocks=3), memory_seq=16),
 )
+
+SIZES = {"cpu": FULL, "gpu": GPU}  # the choices of `--sizes`
 
 
 def _uniform(rng: np.random.Generator, fan_in: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -68,3 +68,129 @@ def test_stateless_apply_refuses_models_with_state(key):
 def test_counts_do_not_materialise_arrays():
     big = lx.Dense(100_000, 100_000)  # 40 GB if it were built
     assert lx.parameter_count(big) == 100_000 * 100_000 + 100_000
+
+
+# Issue 15: setup compiles each distinct leaf's init and walks the containers itself; it must
+# give exactly what the layers' own init_params/init_state give.
+
+
+class Noisy(lx.Layer):
+    """A leaf whose init reads the key's value on the host: it cannot be traced."""
+
+    def init_params(self, key):
+        return {"scale": jnp.full((2,), float(jax.random.uniform(key)))}
+
+    def __call__(self, x, ps, st):
+        return x * ps["scale"], st
+
+
+class Counted(lx.Layer):
+    """A leaf with a Python number in its state (which a jit output would make an array)."""
+
+    def init_state(self, key):
+        del key
+        return {"calls": 0, "training": lx.Training(True)}
+
+    def __call__(self, x, ps, st):
+        return x, st
+
+
+class Unhashable(lx.Layer):
+    """A leaf holding a list, so it cannot be hashed (nor cached)."""
+
+    shape: list
+
+    def init_params(self, key):
+        return {"weight": jax.random.normal(key, tuple(self.shape))}
+
+    def __call__(self, x, ps, st):
+        return x @ ps["weight"], st
+
+
+class OwnParameters(lx.ContainerLayer):
+    """A container with an init of its own: a parameter beside its children's."""
+
+    left: lx.Layer
+    right: lx.Layer
+
+    def init_params(self, key):
+        key, own = jax.random.split(key)
+        return {"gate": jax.random.uniform(own, (2,)), **super().init_params(key)}
+
+    def __call__(self, x, ps, st):
+        return x, st
+
+
+class Twice(lx.WrapperLayer):
+    layer: lx.Layer
+
+    def __call__(self, x, ps, st):
+        return self.layer(x, ps, st)
+
+
+def direct(key, model):
+    key_ps, key_st = jax.random.split(key)
+    return model.init_params(key_ps), model.init_state(key_st)
+
+
+def key_order(tree):
+    return [(k, key_order(v)) for k, v in tree.items()] if isinstance(tree, dict) else type(tree).__name__
+
+
+def assert_identical(actual, expected):
+    assert key_order(actual) == key_order(expected)
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        if isinstance(e, jax.Array) and jnp.issubdtype(e.dtype, jax.dtypes.prng_key):
+            a, e = jax.random.key_data(a), jax.random.key_data(e)
+        assert type(a) is type(e) and jnp.result_type(a) == jnp.result_type(e)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
+
+
+MODELS = {
+    "chain of chains": lx.Chain(
+        a=lx.Chain(lx.Dense(2, 3), lx.Dense(3, 3, jnp.tanh)), b=lx.Chain(lx.Dense(3, 2), lx.BatchNorm(2))
+    ),
+    "residual blocks": lx.Chain(
+        *[
+            lx.Chain(
+                attn=lx.SkipConnection(lx.Chain(ln=lx.LayerNorm(4), mha=lx.MultiHeadAttention(4, 2)), jnp.add),
+                mlp=lx.SkipConnection(lx.Chain(lx.Dense(4, 8, jnp.tanh), lx.Dense(8, 4)), jnp.add),
+            )
+            for _ in range(3)
+        ]
+    ),
+    "layer connection": lx.SkipConnection(lx.Dense(2, 2), lx.WrappedFunction(lambda pair: pair[0] + pair[1])),
+    "parallel with dropout": lx.Parallel(jnp.add, lx.Dense(2, 2), lx.Chain(lx.Dropout(0.5), lx.Dense(2, 2))),
+    "user containers": lx.Chain(Twice(lx.Dense(2, 2)), OwnParameters(lx.Dense(2, 2), Twice(lx.BatchNorm(2)))),
+    "untraceable inits": lx.Chain(Noisy(), Counted(), Noisy(), Unhashable([2, 2]), Counted()),
+    "a leaf alone": lx.Conv((3, 3), 2, 4),
+    "empty chain": lx.Chain(),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_issue_15_setup_gives_the_layers_own_init_bit_for_bit(name):
+    model = MODELS[name]
+    for key in (jax.random.key(3), jax.random.PRNGKey(3)):  # typed and legacy uint32 keys
+        ps, st = lx.setup(key, model)
+        expected_ps, expected_st = direct(key, model)
+        assert_identical(ps, expected_ps)
+        assert_identical(st, expected_st)
+        assert_identical(lx.setup(key, model), (ps, st))  # the compiled path, the second time
+
+
+def test_issue_15_setup_keeps_each_layers_key_order_and_fresh_trees(key):
+    model = lx.Chain(lx.Dense(2, 2), lx.Dense(2, 2), lx.BatchNorm(2))
+    ps, st = lx.setup(key, model)
+    assert list(ps["layer_1"]) == ["weight", "bias"]  # not sorted, as a jit output would be
+    assert list(st["layer_3"]) == ["running_mean", "running_var", "training"]
+    assert ps["layer_1"]["weight"] is not ps["layer_2"]["weight"] and st["layer_1"] is not st["layer_2"]
+
+
+def test_issue_15_setup_works_under_jit(key):
+    model = MODELS["residual blocks"]
+    ps, st = jax.jit(lambda key: lx.setup(key, model))(key)
+    expected_ps, _ = direct(key, model)
+    for a, e in zip(jax.tree.leaves(ps), jax.tree.leaves(expected_ps)):
+        np.testing.assert_array_equal(a, e)

@@ -1,14 +1,28 @@
-"""`setup`, `apply`, `stateless_apply` and the parameter and state counts."""
+"""`setup`, `apply`, `stateless_apply` and the parameter and state counts.
+
+`setup` gives exactly what `model.init_params(k1), model.init_state(k2)` give for
+`k1, k2 = jax.random.split(key)`, bit for bit, in fewer dispatches: it walks the containers
+itself (an `assembled` init splits its key into one key per child, in child order, as
+`ContainerLayer` does; a wrapper passes its key on), splits each container's key in one
+compiled call, and runs each distinct leaf layer's init compiled, once per instance. The
+keys travel as NumPy key data, so handing one to a child costs no dispatch. A 1,000-layer
+Chain takes about one compiled call per layer instead of five or six eager operations.
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.core import Tracer
 
 from ._errors import NotALayerError
 from ._layer import Layer
-from ._walk import abstract_init, count
+from ._walk import What, _assembled, abstract_init, count
 
 
 def _check_model(fn: str, model: Any) -> Layer:
@@ -42,8 +56,113 @@ def setup(key: jax.Array, model: Layer) -> tuple[dict, dict]:
     """
     model = _check_model("setup", model)
     key = _as_key("setup", key)
-    key_ps, key_st = jax.random.split(key)
-    return model.init_params(key_ps), model.init_state(key_st)
+    if isinstance(key, Tracer):  # inside the user's own jit or eval_shape: one trace anyway
+        key_ps, key_st = jax.random.split(key)
+        return model.init_params(key_ps), model.init_state(key_st)
+    impl = jax.random.key_impl(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else None
+    data = np.asarray(jax.random.key_data(key) if impl is not None else key)
+    data_ps, data_st = _split(data, 2, impl)
+    return _init(model, "params", data_ps, impl), _init(model, "state", data_st, impl)
+
+
+_INIT = {"params": "init_params", "state": "init_state"}
+
+
+def _key(data: Any, impl: Any) -> jax.Array:
+    return jnp.asarray(data) if impl is None else jax.random.wrap_key_data(data, impl=impl)
+
+
+@functools.lru_cache(maxsize=256)
+def _splitter(n: int, impl: Any) -> Callable:
+    def split(data: jax.Array) -> jax.Array:
+        keys = jax.random.split(_key(data, impl), n)
+        return keys if impl is None else jax.random.key_data(keys)
+
+    return jax.jit(split)
+
+
+def _split(data: np.ndarray, n: int, impl: Any) -> np.ndarray:
+    """`jax.random.split` of the key with this key data into `n` keys, as key data on the host."""
+    return np.asarray(_splitter(n, impl)(data))
+
+
+def _init(layer: Layer, what: What, data: np.ndarray, impl: Any) -> Any:
+    if _assembled(layer, what):
+        children = layer.children()
+        if layer.is_wrapper:
+            return _init(next(iter(children.values())), what, data, impl)
+        if not children:
+            return {}
+        keys = _split(data, len(children), impl)
+        return {name: _init(child, what, k, impl) for (name, child), k in zip(children.items(), keys)}
+    try:
+        init = _compiled_init(layer, what, impl)
+    except TypeError:  # an unhashable layer
+        return getattr(layer, _INIT[what])(_key(data, impl))
+    return init(data)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled_init(layer: Layer, what: What, impl: Any) -> _CompiledInit:
+    return _CompiledInit(getattr(layer, _INIT[what]), impl)
+
+
+class _CompiledInit:
+    """One leaf layer's `init_params` or `init_state`, compiled on its first call.
+
+    The output's dicts are put back in the layer's own key order (a jit output's dict keys
+    are sorted). An init whose output holds no array is rebuilt on the host without a call;
+    one that cannot be traced (it reads the key's value, or returns Python numbers or NumPy
+    arrays, which a jit output would turn into JAX arrays) runs eagerly, as before.
+    """
+
+    def __init__(self, init: Callable, impl: Any):
+        self.init = init
+        self.impl = impl
+        self.mode = "first call"
+        self.order: Any = None
+        self.fn = jax.jit(self._traced)
+
+    def _traced(self, data: jax.Array) -> Any:
+        tree = self.init(_key(data, self.impl))
+        leaves = jax.tree.leaves(tree)
+        self.order = _skeleton(tree)
+        if not all(isinstance(leaf, Tracer) for leaf in leaves):
+            self.mode = "eager"
+        else:
+            self.mode = "compiled" if leaves else "no arrays"
+        return tree
+
+    def __call__(self, data: np.ndarray) -> Any:
+        if self.mode == "first call":
+            try:
+                out = self.fn(data)  # traces, and so sets `mode`
+            except TypeError:  # not traceable; if it is a real error, the eager call raises it again
+                self.mode = "eager"
+            else:
+                if self.mode == "compiled":
+                    return _in_order(self.order, out)
+        if self.mode == "compiled":
+            return _in_order(self.order, self.fn(data))
+        if self.mode == "no arrays":
+            return _skeleton(self.order)
+        return self.init(_key(data, self.impl))
+
+
+def _skeleton(tree: Any) -> Any:
+    """A copy of the dicts, lists and tuples of `tree`, in their own order, with `None` for leaves."""
+    if type(tree) is dict:
+        return {k: _skeleton(v) for k, v in tree.items()}
+    if type(tree) in (list, tuple):
+        return type(tree)(_skeleton(v) for v in tree)
+    return None if jax.tree.leaves(tree) else tree
+
+
+def _in_order(order: Any, tree: Any) -> Any:
+    """`tree` with its dicts in the key order of `order`'s (a jit output's dict keys are sorted)."""
+    if type(order) is dict and type(tree) is dict:
+        return {k: _in_order(order[k], tree[k]) for k in order}
+    return tree
 
 
 def apply(model: Layer, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:

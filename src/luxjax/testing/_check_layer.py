@@ -28,6 +28,33 @@ def _assert_close(model: Layer, what: str, actual: Any, expected: Any, rtol: flo
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol, atol=atol, err_msg=f"{model!r}: {what}")
 
 
+def _key_order(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return [(k, _key_order(v)) for k, v in tree.items()]
+    if isinstance(tree, (list, tuple)):
+        return [_key_order(v) for v in tree]
+    return None
+
+
+def _same_values(model: Layer, what: str, actual: Any, expected: Any) -> None:
+    if _key_order(actual) != _key_order(expected) or jax.tree.structure(actual) != jax.tree.structure(expected):
+        raise _fail(
+            model,
+            f"{what}: the tree {_key_order(actual)} differs from init's {_key_order(expected)}; "
+            "an `assembled` init must give each child a key as ContainerLayer does.",
+        )
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        if jnp.issubdtype(jnp.result_type(e), jax.dtypes.prng_key):
+            a, e = jax.random.key_data(a), jax.random.key_data(e)
+        if jnp.result_type(a) != jnp.result_type(e) or not np.array_equal(np.asarray(a), np.asarray(e)):
+            raise _fail(
+                model,
+                f"{what} differ from what init gives with the same key; an `assembled` init must give "
+                "each child a key as ContainerLayer does (a wrapper passes its key on, a container "
+                "splits it, one key per child in child order).",
+            )
+
+
 def _same_structure(model: Layer, what: str, new: Any, old: Any) -> None:
     if jax.tree.structure(new) != jax.tree.structure(old):
         raise _fail(model, f"{what} changed structure: {jax.tree.structure(old)} -> {jax.tree.structure(new)}")
@@ -55,7 +82,9 @@ def check_layer(
     Checks, in order:
 
     1. the layer is hashable and equal to itself, and prints (`repr`, the counted tree);
-    2. `parameter_count`/`state_count` agree with the arrays `setup` makes;
+    2. `parameter_count`/`state_count` agree with the arrays `setup` makes, and `setup`
+       gives bit for bit (and in the same key order) what `init_params`/`init_state` give
+       when called directly with the two halves of `jax.random.split(key)`;
     3. `jax.jit` gives the same output and state as eager execution;
     4. the new state keeps the structure, shapes and dtypes of the old one, also when it
        goes through `jax.lax.cond` (so it can be carried through loops and conditionals);
@@ -90,6 +119,9 @@ def check_layer(
         raise _fail(model, f"parameter_count says {parameter_count(model)} but setup made {n_ps} parameters")
     if state_count(model) < sum(int(np.size(leaf)) for leaf in jax.tree.leaves(st)):
         raise _fail(model, f"state_count says {state_count(model)}, fewer than the state arrays setup made")
+    key_ps, key_st = jax.random.split(key)
+    _same_values(model, "setup's parameters", ps, model.init_params(key_ps))
+    _same_values(model, "setup's states", st, model.init_state(key_st))
 
     y, new_st = model(x, ps, st)
     y_jit, st_jit = jax.jit(lambda x, ps, st: model(x, ps, st))(x, ps, st)
