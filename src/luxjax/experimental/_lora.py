@@ -92,7 +92,8 @@ class LoRA(Layer):
 
     def init_params(self, key: jax.Array) -> dict:
         m, n = _matrix_shape(self._shape(), self.layer)
-        a = jax.random.normal(key, (m, self.rank), jnp.float32) / math.sqrt(self.rank)
+        bound = 1 / math.sqrt(self.rank)
+        a = jax.random.uniform(key, (m, self.rank), jnp.float32, -bound, bound)
         return {"A": a, "B": jnp.zeros((self.rank, n), jnp.float32)}
 
     def init_state(self, key: jax.Array) -> dict:
