@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ._walk import count
+from ._walk import count, frozen_count
 
 Layer = Any  # any luxjax layer; this module reads only the layer protocol (children, is_wrapper, repr)
 
@@ -73,7 +73,9 @@ def _align(lines: list[tuple[str, str]]) -> str:
 
 def display(model: Layer) -> str:
     """Returns what `print(model)` shows: the tree of layers with counts, as Lux prints it."""
-    total = f"{count(model, 'params'):_} parameters, plus {count(model, 'state'):_} states."
+    params, frozen = count(model, "params"), frozen_count(model)
+    trained = f" ({params / (params + frozen):.1%} of {params + frozen:_} train)" if frozen else ""
+    total = f"{params:_} parameters{trained}, plus {count(model, 'state'):_} states."
     if _is_one_line(model):
         counts = _counts(model)
         return f"{model!r}  # {counts}" if counts else repr(model)

@@ -172,6 +172,13 @@ class Layer(metaclass=_LayerMeta):
         """The named child layers, in order. `ps` has one entry per child (wrappers: none)."""
         return {}
 
+    def frozen_parameters(self) -> int:
+        """How many scalars of this layer's own state are frozen parameters (`FrozenLayer`, `LoRA`).
+
+        The display's total uses it to show the fraction of parameters that train.
+        """
+        return 0
+
     def copies(self) -> int:
         """How many copies of its child this layer runs (`Stacked`: its depth); the display multiplies counts by it."""
         return 1

@@ -184,6 +184,12 @@ def count(layer: Any, what: What) -> int:
     return _count_tree(abstract_init(layer, what))
 
 
+def frozen_count(layer: Any) -> int:
+    """The frozen parameters (kept in states by `FrozenLayer` or `LoRA`) of `layer` and every layer in it."""
+    inside = sum(frozen_count(child) for child in layer.children().values())
+    return layer.frozen_parameters() + layer.copies() * inside
+
+
 # -- does a tree fit a template? ----------------------------------------------------------------
 
 

@@ -71,6 +71,9 @@ class FrozenLayer(Layer):
         if self.which_params is not None:
             _check_names("FrozenLayer", self.layer, abstract_init(self.layer, "params"), self.which_params, KeyPath())
 
+    def frozen_parameters(self) -> int:
+        return parameter_count(self.layer) - parameter_count(self)
+
     def _paths(self) -> list[KeyPath] | None:
         return None if self.which_params is None else [KeyPath.parse(n) for n in self.which_params]
 

@@ -17,6 +17,7 @@ from ..core import (
     StructureError,
     abstract_init,
     check_layer_argument,
+    parameter_count,
     tied_groups,
 )
 from ._freeze import _check_frozen_state, freeze, unfreeze
@@ -81,6 +82,9 @@ class LoRA(Layer):
             )
         if self.alpha is not None and not isinstance(self.alpha, (int, float)):
             raise ConfigError(f"LoRA: `alpha` must be a number or None, got {self.alpha!r}.")
+
+    def frozen_parameters(self) -> int:
+        return parameter_count(self.layer)
 
     @property
     def scale(self) -> float:
