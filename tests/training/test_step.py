@@ -260,7 +260,7 @@ def test_helpers_reject_bad_arguments(key, data):
     model = lx.Dense(3, 1)
     ps, st = lx.setup(key, model)
     ts = TrainState(model, ps, st, optax.sgd(0.1))
-    with pytest.raises(ValueError, match=r"apply_gradients: `grads` must have the structure of `ts.parameters`"):
+    with pytest.raises(ValueError, match=r"apply_gradients: `grads` must have the structure and shapes of `ts.param"):
         apply_gradients(ts, {"weight": jnp.ones((1, 3))})
     with pytest.raises(TypeError, match=r"single_train_step: `objective` must be a function"):
         single_train_step("mse", data, ts)
@@ -450,3 +450,20 @@ def test_a_tie_frozen_into_the_states_trains(key):
         _, loss, _, ts = single_train_step(objective, jnp.ones((2, 3)), ts)
     frozen = ts.states["embed"]["frozen_params"]["weight"]
     np.testing.assert_array_equal(frozen, ts.states["out"]["frozen_params"]["weight"])
+
+
+def test_gradients_of_the_wrong_shape_are_an_error_not_a_broadcast(key):
+    model = lx.Dense(2, 1)
+    ts = TrainState(model, *lx.setup(key, model), optax.sgd(1.0))
+    with pytest.raises(ValueError, match=r"apply_gradients: .* 'weight' has shape \(1,\), expected \(1, 2\)"):
+        apply_gradients(ts, {"weight": jnp.ones(1), "bias": jnp.zeros(1)})
+
+
+def test_a_new_objective_each_step_warns_and_the_caches_stay_bounded(key):
+    model = lx.Dense(2, 1)
+    ts = TrainState(model, *lx.setup(key, model), optax.sgd(0.1))
+    x = jnp.ones((3, 2))
+    with pytest.warns(UserWarning, match=r"a new function object each call .* Define the objective once"):
+        for _ in range(6):
+            _, _, _, ts = single_train_step(lambda model, ps, st, x: (jnp.sum(model(x, ps, st)[0]), st, {}), x, ts)
+    assert len(ts._cache) <= 16

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import optax
 
-from ..core import Groups, KeyPath, replace_at, testmode
+from ..core import Groups, KeyPath, misfit, replace_at, testmode
 from ._train_state import Build, TrainState, compiled, expand_ties, optimizer_promotion
 
 Objective = Callable[[Any, Any, Any, Any], tuple[Any, Any, Any]]
@@ -148,11 +148,9 @@ def apply_gradients(ts: TrainState, grads: Any) -> TrainState:
         1
     """
     _check("apply_gradients", ts)
-    if jax.tree.structure(grads) != jax.tree.structure(ts.parameters):
-        raise ValueError(
-            f"apply_gradients: `grads` must have the structure of `ts.parameters`, "
-            f"expected {jax.tree.structure(ts.parameters)}, got {jax.tree.structure(grads)}."
-        )
+    problem = misfit(ts.parameters, grads)
+    if problem:
+        raise ValueError(f"apply_gradients: `grads` must have the structure and shapes of `ts.parameters`: {problem}")
     fn = compiled(ts, "apply", None, _build_apply)
     reduced, opt_state = fn(ts._reduced_parameters(), ts.optimizer_state, grads)
     return TrainState._new(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -54,8 +56,10 @@ def own(*trees: Any) -> tuple[Any, ...]:
 
 
 # Second-level cache, for TrainStates rebuilt from their pytree (which start with an empty
-# per-state cache). Keyed by everything the compiled function closes over.
-_COMPILED: dict[tuple, tuple[Any, Callable]] = {}
+# per-state cache). Keyed by everything the compiled function closes over; the last 64 kept.
+_COMPILED: collections.OrderedDict[tuple, tuple[Any, Callable]] = collections.OrderedDict()
+_CACHED_PER_STATE = 16  # compiled functions a train state (and the states it leads to) keeps
+_WARN_AFTER = 4  # distinct objectives of one kind on one train state before a warning
 
 Build = Callable[[Any, Layer, optax.GradientTransformation, Groups], Callable]
 
@@ -70,11 +74,23 @@ def compiled(ts: TrainState, kind: str, objective: Any, build: Build) -> Callabl
     """
     entry = ts._cache.get((kind, id(objective)))
     if entry is None or entry[0] is not objective:
+        seen = sum(1 for cached_kind, _ in ts._cache if cached_kind == kind)
+        if seen >= _WARN_AFTER:
+            warnings.warn(
+                f"luxjax.training: compiling the {kind} step again, for the {seen + 1}th objective function on "
+                "this train state: a new function object each call (a lambda or a def inside the loop) "
+                "recompiles every step. Define the objective once, outside the loop.",
+                stacklevel=3,
+            )
         key = (kind, id(objective), ts.model, ts.optimizer, ts.ties)
         entry = _COMPILED.get(key)
         if entry is None or entry[0] is not objective:
             entry = _COMPILED[key] = (objective, build(objective, ts.model, ts.optimizer, ts.ties))
+            while len(_COMPILED) > 64:
+                _COMPILED.popitem(last=False)
         ts._cache[kind, id(objective)] = entry
+        while len(ts._cache) > _CACHED_PER_STATE:
+            del ts._cache[next(iter(ts._cache))]
     return entry[1]
 
 
