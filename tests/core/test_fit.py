@@ -61,3 +61,12 @@ def test_a_misspelled_state_name_is_an_error(key):
 def test_child_names_must_be_path_parts(name):
     with pytest.raises(lx.ConfigError, match=rf"child names are paths' parts, .* got '{name}'"):
         lx.Chain(**{name: lx.Dense(1, 1)})
+
+
+def test_a_missing_or_extra_empty_entry_is_named(key):
+    model = lx.Chain(enc=lx.Dense(2, 4), dec=lx.Dense(4, 1))
+    ps, st = lx.setup(key, model)
+    with pytest.raises(lx.StructureError, match=r"`ps` does not fit the layer: unexpected 'extra'\."):
+        model(X, {**ps, "extra": {}}, st)
+    with pytest.raises(lx.StructureError, match=r"`st` does not fit the layer: missing 'dec'\."):
+        model(X, ps, {"enc": {}})

@@ -215,9 +215,25 @@ def misfit(template: Any, tree: Any) -> str:
     extra = [repr(k) for k in got if k not in expected]
     parts = [f"missing {', '.join(missing)}"] if missing else []
     parts += [f"unexpected {', '.join(extra)}"] if extra else []
-    if not parts:
-        parts = [f"expected the tree {_skeleton(template)}, got {_skeleton(tree)}"]
+    if not parts:  # the leaves agree: the difference is in empty dicts or containers
+        missing, extra = _key_difference(template, tree, KeyPath())
+        parts = [f"missing {', '.join(missing)}"] if missing else []
+        parts += [f"unexpected {', '.join(extra)}"] if extra else []
+        parts = parts or [f"expected the tree {_skeleton(template)}, got {_skeleton(tree)}"]
     return "; ".join(parts) + "."
+
+
+def _key_difference(template: Any, tree: Any, path: KeyPath) -> tuple[list[str], list[str]]:
+    """Dict keys only one of two trees has (`missing` from `tree`, `unexpected` in it), as dotted paths."""
+    if not (isinstance(template, Mapping) and isinstance(tree, Mapping)):
+        return [], []
+    missing = [repr(str(path / k)) for k in template if k not in tree]
+    extra = [repr(str(path / k)) for k in tree if k not in template]
+    for k in template:
+        if k in tree:
+            more_missing, more_extra = _key_difference(template[k], tree[k], path / k)
+            missing, extra = missing + more_missing, extra + more_extra
+    return missing, extra
 
 
 # -- do the trees a model is called with fit it? ------------------------------------------------
