@@ -335,6 +335,17 @@ def check_valid_load(tmp_path, ps, st_):
     assert_trees_equal((ps, st_), (ps2, st2))
 
 
+def loads_validly_or_raises(path, original: bytes, tmp_path) -> None:
+    """Loading the changed file at `path` is a `CheckpointError` or a valid load; `path` gets `original` back."""
+    try:
+        ps, st_ = load(path)
+    except lx.CheckpointError:
+        return
+    finally:
+        path.write_bytes(original)
+    check_valid_load(tmp_path, ps, st_)
+
+
 mutation = st.tuples(
     st.sampled_from(["flip", "set", "insert", "delete", "truncate"]),
     st.floats(0, 1, exclude_max=True),
@@ -383,13 +394,7 @@ def test_fuzz_resigned_byte_mutations_load_validly_or_raise(base, tmp_path, muta
     path = base[0]
     original = path.read_bytes()
     path.write_bytes(resign(mutate(original, mutations)))
-    try:
-        ps, st_ = load(path)
-    except lx.CheckpointError:
-        return
-    finally:
-        path.write_bytes(original)
-    check_valid_load(tmp_path, ps, st_)
+    loads_validly_or_raises(path, original, tmp_path)
 
 
 names = ["dict", "list", "tuple", "none", "py", "training", "array", "key", "t", "items", "value", "dtype"]
@@ -461,10 +466,4 @@ def test_fuzz_signed_tensor_index_loads_validly_or_raises(base, tmp_path, data):
     original = path.read_bytes()
     outer, body = outer_of(path)
     write_outer(path, json_edit(data, outer), body)
-    try:
-        ps, st_ = load(path)
-    except lx.CheckpointError:
-        return
-    finally:
-        path.write_bytes(original)
-    check_valid_load(tmp_path, ps, st_)
+    loads_validly_or_raises(path, original, tmp_path)
