@@ -53,6 +53,10 @@ def _check_sharing(sharing: Any) -> list[list[str]]:
                 f"('d3.l2', 'd1'), got {group!r}."
             )
         group = list(group)
+        if not group:
+            raise ValueError(
+                f"share_parameters: group {len(groups)} of `sharing` is empty; give each group its accessors."
+            )
         for accessor in group:
             if not isinstance(accessor, str) or not accessor:
                 raise ValueError(

@@ -136,7 +136,11 @@ Check = ValueCheck | ErrorCheck
 def _as_keypath(path: KeyPath | str | tuple[str, ...]) -> KeyPath:
     if isinstance(path, KeyPath):
         return path
-    return KeyPath.parse(path) if isinstance(path, str) else KeyPath(*path)
+    if isinstance(path, str):
+        return KeyPath.parse(path)
+    if isinstance(path, (tuple, list)):
+        return KeyPath(*path)
+    raise TypeError(f"DebugLayer: `location` must be a KeyPath, a dotted string or a tuple of names, got {path!r}.")
 
 
 @functools.lru_cache(maxsize=64)
@@ -418,6 +422,7 @@ def debug_mode(model: Layer, nan_check: str = "both", error_check: bool = True, 
         ...     print(error)
         NaN detected in parameters (weight) of layer Dense(3 => 1) at location layer_2.layer_2 (forward pass)
     """
+    check_layer_argument("debug_mode", model, "`model`")
     checks_for("debug_mode", nan_check, error_check, check_inf)  # the keywords' errors name debug_mode
 
     def stop(layer: Layer) -> bool:

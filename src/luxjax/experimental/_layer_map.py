@@ -167,8 +167,10 @@ def layer_at(model: Layer, ps: Any, st: Any, path: KeyPath | str | tuple[str, ..
     """
     if isinstance(path, str):
         path = KeyPath.parse(path)
-    elif not isinstance(path, KeyPath):
+    elif isinstance(path, (tuple, list)) and not isinstance(path, KeyPath):
         path = KeyPath(*path)
+    elif not isinstance(path, KeyPath):
+        raise TypeError(f"layer_at: `path` must be a KeyPath, a dotted string or a tuple of names, got {path!r}.")
     outer: dict[KeyPath, Layer] = {}
     inner: dict[KeyPath, Layer] = {}  # the layer inside any wrappers: the one whose children a path names
     for here, layer in iter_layers(model):

@@ -60,6 +60,8 @@ class Dense(Layer):
         return ps
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
+        if isinstance(x, (tuple, list, dict)):
+            raise ShapeError(self, f"expected one array of shape (..., {self.in_dims}), got a {type(x).__name__}.")
         if jnp.ndim(x) == 0 or jnp.shape(x)[-1] != self.in_dims:
             raise ShapeError(self, f"expected input with last axis {self.in_dims}, got shape {jnp.shape(x)}.")
         return bias_activation(x @ ps["weight"].T, ps["bias"] if self.use_bias else None, self.activation), st

@@ -228,7 +228,15 @@ class Recurrence(WrapperLayer):
             raise ShapeError(
                 self, f"expected input of shape (batch, time, features) with time >= 1, got shape {jnp.shape(x)}."
             )
-        (y, carry), st = self.cell(x[:, 0], ps, st)
+        out, st = self.cell(x[:, 0], ps, st)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            got = f"an array of shape {jnp.shape(out)}" if hasattr(out, "shape") else type(out).__name__
+            raise ShapeError(
+                self,
+                f"the cell must return `(y, carry)` and take `(x, carry)`, as LSTMCell and GRUCell do; "
+                f"{self.cell!r} returned {got}.",
+            )
+        y, carry = out
         (carry, st), ys = _scan_cell(self.cell, (carry, st), ps, jnp.moveaxis(x[:, 1:], 1, 0))
         if not self.return_sequence:
             return (ys[-1] if ys.shape[0] else y), st

@@ -33,9 +33,25 @@ def sum_ties(grads: Any, ties: Groups) -> Any:
     return replace_at(grads, updates)
 
 
+def _call(objective: Objective, model: Any, ps: Any, st: Any, data: Any) -> tuple[Any, Any, Any]:
+    """`objective(model, ps, st, data)`, checked to return `(loss, st, stats)` with a scalar loss."""
+    result = objective(model, ps, st, data)
+    if not (isinstance(result, tuple) and len(result) == 3 and jax.numpy.shape(result[0]) == ()):
+        if isinstance(result, tuple):
+            loss_shape = f" whose loss has shape {jax.numpy.shape(result[0])}" if result else ""
+            got = f"a tuple of {len(result)}{loss_shape}"
+        else:
+            got = f"an array of shape {jax.numpy.shape(result)}" if hasattr(result, "shape") else type(result).__name__
+        raise TypeError(
+            f"`objective` must return `(loss, st, stats)` with a scalar loss, as in Lux "
+            f"(e.g. `return loss, st, {{}}`); it returned {got}."
+        )
+    return result
+
+
 def _value_and_grad(objective: Objective, model: Any, ties: Groups, reduced: Any, st: Any, data: Any):
     def loss_fn(ps: Any, st: Any) -> tuple[Any, tuple[Any, Any]]:
-        loss, st, stats = objective(model, ps, st, data)
+        loss, st, stats = _call(objective, model, ps, st, data)
         return loss, (st, stats)
 
     (loss, (st, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(expand_ties(reduced, ties), st)
@@ -81,7 +97,7 @@ def _build_eval(objective: Objective, model: Any, optimizer: Any, ties: Groups) 
     del optimizer
 
     def evaluate(reduced, st, data):
-        loss, _, stats = objective(model, expand_ties(reduced, ties), testmode(st), data)
+        loss, _, stats = _call(objective, model, expand_ties(reduced, ties), testmode(st), data)
         return loss, stats
 
     return jax.jit(evaluate)
