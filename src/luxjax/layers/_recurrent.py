@@ -230,7 +230,7 @@ class Recurrence(WrapperLayer):
             )
         out, st = self.cell(x[:, 0], ps, st)
         if not (isinstance(out, tuple) and len(out) == 2):
-            got = f"an array of shape {out.shape}" if hasattr(out, "shape") else type(out).__name__
+            got = f"an array of shape {out.shape}" if isinstance(out, jax.Array) else type(out).__name__
             raise ShapeError(
                 self,
                 f"the cell must return `(y, carry)` and take `(x, carry)`, as LSTMCell and GRUCell do; "
