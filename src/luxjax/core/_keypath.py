@@ -51,6 +51,17 @@ class KeyPath(tuple):
         return cls(*(int(part) if part.isdigit() else part for part in dotted.split("."))) if dotted else cls()
 
     @classmethod
+    def of(cls, path: Any, owner: str = "KeyPath.of", what: str = "`path`") -> KeyPath:
+        """A `KeyPath` from a `KeyPath`, a dotted string or a tuple of keys; anything else is a `TypeError`."""
+        if isinstance(path, KeyPath):
+            return path
+        if isinstance(path, str):
+            return cls.parse(path)
+        if isinstance(path, (tuple, list)):
+            return cls(*path)
+        raise TypeError(f"{owner}: {what} must be a KeyPath, a dotted string or a tuple of names, got {path!r}.")
+
+    @classmethod
     def from_jax(cls, jax_path: Any) -> KeyPath:
         """Converts a path from `jax.tree_util.tree_flatten_with_path` (dict keys, indices, attributes)."""
         return cls(*(str(next((getattr(k, a) for a in ("key", "idx", "name") if hasattr(k, a)), k)) for k in jax_path))

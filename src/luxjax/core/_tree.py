@@ -119,7 +119,7 @@ def tie(ps: Any, groups: Sequence[Sequence[KeyPath | str]]) -> Any:
     """
     updates: dict[KeyPath, Any] = {}
     for group in groups:
-        paths = [p if isinstance(p, KeyPath) else KeyPath.parse(p) for p in group]
+        paths = [KeyPath.of(p, "tie") for p in group]
         value = paths[0].get(ps)
         for path in paths[1:]:
             updates[path] = value

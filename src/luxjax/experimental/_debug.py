@@ -134,13 +134,7 @@ Check = ValueCheck | ErrorCheck
 
 
 def _as_keypath(path: KeyPath | str | tuple[str, ...]) -> KeyPath:
-    if isinstance(path, KeyPath):
-        return path
-    if isinstance(path, str):
-        return KeyPath.parse(path)
-    if isinstance(path, (tuple, list)):
-        return KeyPath(*path)
-    raise TypeError(f"DebugLayer: `location` must be a KeyPath, a dotted string or a tuple of names, got {path!r}.")
+    return KeyPath.of(path, "DebugLayer", "`location`")
 
 
 @functools.lru_cache(maxsize=64)

@@ -165,12 +165,7 @@ def layer_at(model: Layer, ps: Any, st: Any, path: KeyPath | str | tuple[str, ..
         >>> layer, layer_ps["weight"].shape
         (Dense(3 => 3), (3, 3))
     """
-    if isinstance(path, str):
-        path = KeyPath.parse(path)
-    elif isinstance(path, (tuple, list)) and not isinstance(path, KeyPath):
-        path = KeyPath(*path)
-    elif not isinstance(path, KeyPath):
-        raise TypeError(f"layer_at: `path` must be a KeyPath, a dotted string or a tuple of names, got {path!r}.")
+    path = KeyPath.of(path, "layer_at")
     outer: dict[KeyPath, Layer] = {}
     inner: dict[KeyPath, Layer] = {}  # the layer inside any wrappers: the one whose children a path names
     for here, layer in iter_layers(model):
