@@ -156,6 +156,13 @@ def test_where_freezes_every_layer_of_a_type_and_a_subtree(key):
     assert weights["head"][0] == FrozenLayer(lx.Dense(4, 4), ("weight",))
     with pytest.raises(TypeError, match="either `which_params` or `where`"):
         freeze(model, ("backbone",), where=lambda path, layer: True)
+    # the selectors `lora` takes: a type, a dotted pattern, a list of both
+    assert freeze(model, where=RunningMean) == by_type
+    assert freeze(model, where="backbone.*") == by_path
+    both = freeze(model, where=["backbone.*", RunningMean])
+    assert isinstance(both["head"][1], FrozenLayer) and isinstance(both["head"][0], lx.Dense)
+    with pytest.raises(TypeError, match=r"freeze: `where` must be dotted path patterns, layer types or a function"):
+        freeze(model, where=[3])
 
 
 def test_frozen_batchnorm_still_updates_its_running_statistics(key):

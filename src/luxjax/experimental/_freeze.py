@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -11,16 +11,17 @@ from ..core import (
     KeyPath,
     Layer,
     StructureError,
+    Where,
     abstract_init,
     check_layer_argument,
     field,
     map_layers,
     parameter_count,
+    selector,
 )
 from ._layer_map import _entry, layer_map
 
 Names = tuple[str, ...] | None
-Where = Callable[[KeyPath, Layer], Any]
 
 
 class _Missing:
@@ -111,10 +112,12 @@ def freeze(layer: Layer, *args: Any, which_params: Names = _MISSING, where: Wher
     owns the frozen parameter: the leaf, or a container for parameters it holds beside its
     children. Freezing more of an already frozen layer extends its `which_params`.
 
-    `where=lambda path, layer: ...` freezes by a predicate instead: it is called on every leaf
-    layer (as `layer_map` visits them) and returns `True` (freeze the layer's parameters),
+    `where=` freezes whole leaf layers chosen by a selector instead: a dotted path pattern
+    (`"blocks.*.attn.*"`, `*` matches within one part; a stack's block indices are left out), a
+    layer type, a list of those, or a predicate `lambda path, layer: ...` called on every leaf
+    layer (as `layer_map` visits them) that returns `True` (freeze the layer's parameters),
     `False`/`None` (leave it) or a tuple of names to freeze. Leaves without parameters are
-    left as they are.
+    left as they are. Precision policies and sharding rules take the same selectors.
 
     A name the layer does not have is a `ValueError` listing the names it has. `freeze(layer,
     ())` returns `layer` itself and `freeze(layer, ps, st, ())` returns `(layer, ps, st)`.
@@ -247,11 +250,10 @@ def _freeze_here(layer: Layer, ps: Any, st: Any, paths: list[KeyPath] | None, he
 
 
 def _freeze_where(model: Layer, ps: Any, st: Any, where: Where) -> tuple[Layer, Any, Any]:
-    if not callable(where):
-        raise TypeError(f"freeze: `where` must be a function (path, layer) -> bool or names, got {where!r}.")
+    select = selector("freeze", where)
 
     def choose(layer: Layer, path: KeyPath) -> Names:
-        choice = where(path, layer)
+        choice = select(path, layer)
         if isinstance(choice, (tuple, list, str)):
             return _normalise("freeze", choice)
         return None if choice and parameter_count(layer) else ()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import fnmatch
 import math
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -15,15 +13,15 @@ from ..core import (
     KeyPath,
     Layer,
     StructureError,
+    Where,
     abstract_init,
     check_layer_argument,
     parameter_count,
+    selector,
     tied_groups,
 )
 from ._freeze import _check_frozen_state, freeze, unfreeze
 from ._layer_map import layer_map
-
-Where = str | type | Sequence[str | type] | Callable[[KeyPath, Layer], bool]
 
 
 def _matrix_shape(weight_shape: tuple[int, ...], layer: Layer) -> tuple[int, int]:
@@ -120,24 +118,6 @@ class LoRA(Layer):
         return f"LoRA({self.layer!r}, rank={self.rank}{alpha})"
 
 
-def _selector(where: Where) -> Callable[[KeyPath, Layer], bool]:
-    """`where` as a predicate on `(path, layer)`: dotted patterns (`*` matches any part), layer types, or a function."""
-    if callable(where) and not isinstance(where, type):
-        return where
-    items = [where] if isinstance(where, (str, type)) else list(where)
-    for item in items:
-        if not isinstance(item, (str, type)):
-            raise TypeError(f"lora: `where` must hold dotted path patterns or layer types, got {item!r}.")
-
-    def select(path: KeyPath, layer: Layer) -> bool:
-        names = ".".join(str(k) for k in path if not isinstance(k, int))  # a stack's blocks share one pattern
-        return any(
-            isinstance(layer, item) if isinstance(item, type) else fnmatch.fnmatchcase(names, item) for item in items
-        )
-
-    return select
-
-
 def lora(
     model: Layer,
     ps: Any,
@@ -182,7 +162,7 @@ def lora(
         >>> bool(jnp.allclose(adapted(jnp.ones((1, 8)), ps_a, st_a)[0], model(jnp.ones((1, 8)), ps, st)[0]))
         True
     """
-    select = _selector(where)
+    select = selector("lora", where)
     key = jax.random.key(0) if key is None else key
     tied = {path: group for group in tied_groups(ps) for path in group}
     chosen: list[KeyPath] = []
@@ -206,7 +186,7 @@ def lora(
     model, ps, st = layer_map(adapt, model, ps, st)
     if not chosen:
         raise ValueError(f"lora: `where` selected no layer; the leaf layers are: {'; '.join(seen)}.")
-    keep = (lambda path, layer: False) if trainable is None else _selector(trainable)
+    keep = (lambda path, layer: False) if trainable is None else selector("lora", trainable)
     return freeze(model, ps, st, where=lambda path, layer: not isinstance(layer, LoRA) and not keep(path, layer))
 
 
