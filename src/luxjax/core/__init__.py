@@ -19,6 +19,9 @@ from ._layer import block_indices as block_indices
 from ._layer import check_layer_argument as check_layer_argument
 from ._layer import field as field
 from ._layer import running_block as running_block
+from ._place import Parameter as Parameter
+from ._place import Rules as Rules
+from ._place import shardings as shardings
 from ._select import Where as Where
 from ._select import selector as selector
 from ._setup import apply as apply

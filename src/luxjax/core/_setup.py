@@ -19,9 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
+from jax.sharding import Mesh
 
 from ._errors import NotALayerError
 from ._layer import Layer
+from ._place import Rules, sharded_setup
 from ._walk import What, _assembled, abstract_init, count
 
 
@@ -37,12 +39,18 @@ def _as_key(fn: str, key: Any) -> jax.Array:
     raise TypeError(f"{fn}: `key` must be a PRNG key such as `jax.random.key(0)`, got {key!r}.")
 
 
-def setup(key: jax.Array, model: Layer) -> tuple[dict, dict]:
+def setup(key: jax.Array, model: Layer, *, mesh: Mesh | None = None, rules: Rules | None = None) -> tuple[dict, dict]:
     """Builds the parameter and state trees of `model`.
 
     Args:
         key: a PRNG key, e.g. `jax.random.key(0)`.
         model: any luxjax layer.
+        mesh: optional `jax.sharding.Mesh`. With it, `ps` and `st` are made by one compiled
+            init whose outputs are created already sharded as `luxjax.sharding.shardings(model,
+            mesh, rules)` says: no device ever holds a full copy of a split parameter. The
+            values are those `setup` gives without a mesh.
+        rules: sharding rules (see `luxjax.sharding.shardings`); without them, under a mesh,
+            everything is replicated.
 
     Returns:
         `(ps, st)`: nested dicts with one entry per child layer.
@@ -56,6 +64,10 @@ def setup(key: jax.Array, model: Layer) -> tuple[dict, dict]:
     """
     model = _check_model("setup", model)
     key = _as_key("setup", key)
+    if mesh is not None:
+        return sharded_setup(key, model, mesh, rules)
+    if rules is not None:
+        raise TypeError("setup: `rules` say how to split parameters over a mesh; pass the `mesh` too.")
     if isinstance(key, Tracer):  # inside the user's own jit or eval_shape: one trace anyway
         key_ps, key_st = jax.random.split(key)
         return model.init_params(key_ps), model.init_state(key_st)

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import jax
+from jax.core import Tracer
+
 from ._keypath import KeyPath
 from ._tree import copy_dicts, is_array, leaves_with_paths, replace_at
 
@@ -109,6 +112,24 @@ def _check_match(value: Any, value_name: str, place: Any, accessor: str) -> None
                 raise ValueError(
                     f"share_parameters: {accessor!r} has {what}{attr} {got_shown} but {value_name} has {shown}."
                 )
+        if _sharded_differently(leaf, other):
+            raise ValueError(
+                f"share_parameters: tied places must be sharded alike, but {accessor!r} has {what}sharding "
+                f"{_sharding_name(other)} and {value_name} has {_sharding_name(leaf)}; give both places one "
+                "sharding rule (`luxjax.sharding.shardings(..., ties=...)` checks rules before setup)."
+            )
+
+
+def _sharded_differently(a: Any, b: Any) -> bool:
+    """Whether two placed JAX arrays live on different devices or are split differently."""
+    if not (isinstance(a, jax.Array) and isinstance(b, jax.Array)) or isinstance(a, Tracer) or isinstance(b, Tracer):
+        return False
+    return not a.sharding.is_equivalent_to(b.sharding, a.ndim)
+
+
+def _sharding_name(a: jax.Array) -> str:
+    sharding = a.sharding
+    return str(sharding.spec) if isinstance(sharding, jax.sharding.NamedSharding) else f"{sharding}"
 
 
 def share_parameters(ps: dict, sharing: Sequence[Sequence[str]], new_parameters: Sequence[Any] | None = None) -> dict:
