@@ -14,7 +14,7 @@ import jax
 import optax
 
 from ..core import Groups, KeyPath, misfit, replace_at, testmode
-from ._train_state import Build, TrainState, compiled, expand_ties, optimizer_promotion
+from ._train_state import Build, Placement, TrainState, compiled, constrain, expand_ties, optimizer_promotion
 
 Objective = Callable[[Any, Any, Any, Any], tuple[Any, Any, Any]]
 
@@ -65,10 +65,12 @@ def _update(optimizer: optax.GradientTransformation, ties: Groups, reduced: Any,
 
 
 def _build_single(return_gradients: bool) -> Build:
-    def build(objective: Objective, model: Any, optimizer: Any, ties: Groups) -> Callable:
+    def build(objective: Objective, model: Any, optimizer: Any, ties: Groups, where: Placement) -> Callable:
         def single(reduced, st, opt_state, data):
             grads, loss, stats, st = _value_and_grad(objective, model, ties, reduced, st, data)
             reduced, opt_state = _update(optimizer, ties, reduced, opt_state, grads)
+            if where is not None:  # keep every array where it was placed
+                reduced, st, opt_state = (constrain(t, w) for t, w in zip((reduced, st, opt_state), where))
             # Without gradients XLA neither writes nor returns them (and JAX wraps no arrays).
             return grads if return_gradients else None, loss, stats, reduced, st, opt_state
 
@@ -81,20 +83,30 @@ _BUILD_SINGLE = {True: _build_single(True), False: _build_single(False)}
 _SINGLE_KIND = {True: "single", False: "single without gradients"}
 
 
-def _build_gradients(objective: Objective, model: Any, optimizer: Any, ties: Groups) -> Callable:
+def _build_gradients(objective: Objective, model: Any, optimizer: Any, ties: Groups, where: Placement) -> Callable:
     del optimizer
-    return jax.jit(lambda reduced, st, data: _value_and_grad(objective, model, ties, reduced, st, data))
+
+    def gradients(reduced, st, data):
+        grads, loss, stats, st = _value_and_grad(objective, model, ties, reduced, st, data)
+        return grads, loss, stats, st if where is None else constrain(st, where[1])
+
+    return jax.jit(gradients)
 
 
-def _build_apply(objective: Any, model: Any, optimizer: Any, ties: Groups) -> Callable:
+def _build_apply(objective: Any, model: Any, optimizer: Any, ties: Groups, where: Placement) -> Callable:
     del objective, model
-    return jax.jit(
-        lambda reduced, opt_state, grads: _update(optimizer, ties, reduced, opt_state, grads), donate_argnums=(0, 1)
-    )
+
+    def apply(reduced, opt_state, grads):
+        reduced, opt_state = _update(optimizer, ties, reduced, opt_state, grads)
+        if where is not None:
+            reduced, opt_state = constrain(reduced, where[0]), constrain(opt_state, where[2])
+        return reduced, opt_state
+
+    return jax.jit(apply, donate_argnums=(0, 1))
 
 
-def _build_eval(objective: Objective, model: Any, optimizer: Any, ties: Groups) -> Callable:
-    del optimizer
+def _build_eval(objective: Objective, model: Any, optimizer: Any, ties: Groups, where: Placement) -> Callable:
+    del optimizer, where
 
     def evaluate(reduced, st, data):
         loss, _, stats = _call(objective, model, expand_ties(reduced, ties), testmode(st), data)
@@ -142,7 +154,7 @@ def compute_gradients(objective: Objective, data: Any, ts: TrainState) -> tuple[
     reduced = ts._reduced_parameters()
     grads, loss, stats, st = fn(reduced, ts.states, data)
     new = TrainState._new(
-        ts.model, reduced, ts._parameters, st, ts.optimizer, ts.optimizer_state, ts.step, ts.ties, ts._cache
+        ts.model, reduced, ts._parameters, st, ts.optimizer, ts.optimizer_state, ts.step, ts.ties, ts._cache, ts._placement
     )
     return grads, loss, stats, new
 
@@ -179,6 +191,7 @@ def apply_gradients(ts: TrainState, grads: Any) -> TrainState:
         ts.step + 1,
         ts.ties,
         ts._cache,
+        ts._placement,
     )
 
 
@@ -228,7 +241,7 @@ def single_train_step(
     ties = ts.ties
     # With ties, `parameters` is rebuilt from `reduced` only when it is read.
     new = TrainState._new(
-        ts.model, reduced, None if ties else reduced, st, ts.optimizer, opt_state, ts.step + 1, ties, ts._cache
+        ts.model, reduced, None if ties else reduced, st, ts.optimizer, opt_state, ts.step + 1, ties, ts._cache, ts._placement
     )
     return grads, loss, stats, new
 

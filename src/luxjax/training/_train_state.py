@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from ..core import Groups, Layer, NotALayerError, replace_at, share_parameters, testmode, tie, tied_groups
 
@@ -38,7 +39,7 @@ def expand_ties(reduced: Any, ties: Groups) -> Any:
 
 
 def own(*trees: Any) -> tuple[Any, ...]:
-    """Copies of the JAX arrays in `trees`, one per place, on the same devices.
+    """Copies of the JAX arrays in `trees`, one per place, each with its own sharding (same devices, same split).
 
     The training step donates the state's buffers; copying once here means donation never
     deletes an array the caller still holds. Every place gets its own copy, so no buffer is
@@ -50,9 +51,60 @@ def own(*trees: Any) -> tuple[Any, ...]:
     places = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.Array)]
     if not places:
         return trees
-    for i, copy in zip(places, jax.device_put([leaves[i] for i in places], may_alias=False)):
+    arrays = [leaves[i] for i in places]
+    for i, copy in zip(places, jax.device_put(arrays, [a.sharding for a in arrays], may_alias=False)):
         leaves[i] = copy
     return jax.tree.unflatten(treedef, leaves)
+
+
+Placement = tuple[tuple[Any, tuple[Any, ...]], ...] | None
+
+
+def placement(*trees: Any) -> Placement:
+    """The tree structure and per-leaf `NamedSharding`s of each tree, or `None` when no array is on a mesh.
+
+    The compiled steps constrain their outputs to these shardings, so a sharded model stays
+    sharded as it was placed (leaves that are not arrays on a mesh are left to XLA).
+    """
+    found = False
+    out = []
+    for tree in trees:
+        leaves, treedef = jax.tree.flatten(tree)
+        shardings = tuple(
+            leaf.sharding if isinstance(leaf, jax.Array) and isinstance(leaf.sharding, NamedSharding) else None
+            for leaf in leaves
+        )
+        found = found or any(s is not None and s.mesh.size > 1 for s in shardings)
+        out.append((treedef, shardings))
+    return tuple(out) if found else None
+
+
+def constrain(tree: Any, where: Any) -> Any:
+    """`tree` (traced) held to the shardings of one entry of a `placement`, if its structure is the same."""
+    treedef, shardings = where
+    leaves, found = jax.tree.flatten(tree)
+    if found != treedef:
+        return tree
+    held = [x if s is None else jax.lax.with_sharding_constraint(x, s) for x, s in zip(leaves, shardings)]
+    return jax.tree.unflatten(treedef, held)
+
+
+def _init_optimizer(optimizer: optax.GradientTransformation, reduced: Any) -> Any:
+    """The optimizer state, created where the parameters are: moments split as their parameters are."""
+    where = placement(reduced)
+    if where is None:
+        return jax.jit(optimizer.init)(reduced)
+    shardings = jax.tree.map(lambda leaf: leaf.sharding, reduced)
+    mesh = next(s.mesh for s in where[0][1] if s is not None)
+    out = optax.tree_map_params(
+        optimizer,
+        lambda _, sharding: sharding,
+        jax.eval_shape(optimizer.init, reduced),
+        shardings,
+        transform_non_params=lambda _: NamedSharding(mesh, PartitionSpec()),
+        is_leaf=lambda x: isinstance(x, jax.sharding.Sharding),
+    )
+    return jax.jit(optimizer.init, out_shardings=out)(reduced)
 
 
 # Second-level cache, for TrainStates rebuilt from their pytree (which start with an empty
@@ -61,16 +113,16 @@ _COMPILED: collections.OrderedDict[tuple, tuple[Any, Callable]] = collections.Or
 _CACHED_PER_STATE = 16  # compiled functions a train state (and the states it leads to) keeps
 _WARN_AFTER = 4  # distinct objectives of one kind on one train state before a warning
 
-Build = Callable[[Any, Layer, optax.GradientTransformation, Groups], Callable]
+Build = Callable[[Any, Layer, optax.GradientTransformation, Groups, Placement], Callable]
 
 
 def compiled(ts: TrainState, kind: str, objective: Any, build: Build) -> Callable:
-    """The function `build(objective, model, optimizer, ties)` for this state, built once.
+    """The function `build(objective, model, optimizer, ties, placement)` for this state, built once.
 
     Cached on the state (and passed on to every state a step returns) under `(kind,
     id(objective))`; objectives need not be hashable. The entry keeps the objective alive and
     is checked with `is`, so an id is never confused with a reused one. States rebuilt from
-    their pytree find it in a module cache keyed by the model, optimizer and ties too.
+    their pytree find it in a module cache keyed by the model, optimizer, ties and placement too.
     """
     entry = ts._cache.get((kind, id(objective)))
     if entry is None or entry[0] is not objective:
@@ -82,10 +134,10 @@ def compiled(ts: TrainState, kind: str, objective: Any, build: Build) -> Callabl
                 "recompiles every step. Define the objective once, outside the loop.",
                 stacklevel=3,
             )
-        key = (kind, id(objective), ts.model, ts.optimizer, ts.ties)
+        key = (kind, id(objective), ts.model, ts.optimizer, ts.ties, ts._placement)
         entry = _COMPILED.get(key)
         if entry is None or entry[0] is not objective:
-            entry = _COMPILED[key] = (objective, build(objective, ts.model, ts.optimizer, ts.ties))
+            entry = _COMPILED[key] = (objective, build(objective, ts.model, ts.optimizer, ts.ties, ts._placement))
             while len(_COMPILED) > 64:
                 _COMPILED.popitem(last=False)
         ts._cache[kind, id(objective)] = entry
@@ -94,8 +146,8 @@ def compiled(ts: TrainState, kind: str, objective: Any, build: Build) -> Callabl
     return entry[1]
 
 
-def _build_predict(objective: Any, model: Layer, optimizer: Any, ties: Groups) -> Callable:
-    del objective, optimizer
+def _build_predict(objective: Any, model: Layer, optimizer: Any, ties: Groups, where: Placement) -> Callable:
+    del objective, optimizer, where
 
     def predict(reduced: Any, st: Any, x: Any) -> Any:
         return model(x, expand_ties(reduced, ties), testmode(st))[0]
@@ -145,7 +197,8 @@ class TrainState:
     # `_reduced` is `parameters` with the tied copies removed (what the compiled steps take);
     # without ties it is `parameters` itself. Either of `_reduced` and `_parameters` may be
     # `None` until first needed, so a step does no tie bookkeeping on the host.
-    __slots__ = ("model", "_reduced", "_parameters", "states", "optimizer", "optimizer_state", "step", "ties", "_cache")
+    __slots__ = ("model", "_reduced", "_parameters", "states", "optimizer", "optimizer_state", "step", "ties", "_cache",
+                 "_placement")
 
     model: Layer
     states: Any
@@ -171,11 +224,11 @@ class TrainState:
             ps = share_parameters(ps, ties)
         groups = tied_groups(ps)
         reduced, st = own(reduce_ties(ps, groups), st)
-        # jit so that the moments follow the parameters' shardings (and are not on one device).
         with optimizer_promotion():
-            optimizer_state = jax.jit(optimizer.init)(reduced)
+            optimizer_state = _init_optimizer(optimizer, reduced)
         parameters = expand_ties(reduced, groups)
-        _set(self, model, reduced, parameters, st, optimizer, optimizer_state, 0, groups, {})
+        where = placement(reduced, st, optimizer_state)
+        _set(self, model, reduced, parameters, st, optimizer, optimizer_state, 0, groups, {}, where)
 
     @property
     def parameters(self) -> Any:
@@ -195,10 +248,12 @@ class TrainState:
         return reduced
 
     @classmethod
-    def _new(cls, model, reduced, parameters, states, optimizer, optimizer_state, step, ties, cache) -> TrainState:
+    def _new(
+        cls, model, reduced, parameters, states, optimizer, optimizer_state, step, ties, cache, where
+    ) -> TrainState:
         """A state from its fields, unchecked and without copies: for the helpers' own results."""
         ts = object.__new__(cls)
-        _set(ts, model, reduced, parameters, states, optimizer, optimizer_state, step, ties, cache)
+        _set(ts, model, reduced, parameters, states, optimizer, optimizer_state, step, ties, cache, where)
         return ts
 
     def replace(self, **changes: Any) -> TrainState:
@@ -236,8 +291,12 @@ class TrainState:
         states = own(changes["states"])[0] if "states" in changes else self.states
         opt_state = own(changes["optimizer_state"])[0] if "optimizer_state" in changes else self.optimizer_state
         step = changes.get("step", self.step)
+        where = self._placement
+        if {"parameters", "states", "optimizer_state"} & set(changes):
+            where = placement(self._reduced_parameters() if reduced is None else reduced, states, opt_state)
+        cache = self._cache if where == self._placement else {}
         return TrainState._new(
-            self.model, reduced, parameters, states, self.optimizer, opt_state, step, self.ties, self._cache
+            self.model, reduced, parameters, states, self.optimizer, opt_state, step, self.ties, cache, where
         )
 
     def predict(self, x: Any) -> Any:
@@ -272,7 +331,7 @@ class TrainState:
 _setattr = object.__setattr__
 
 
-def _set(ts, model, reduced, parameters, states, optimizer, optimizer_state, step, ties, cache) -> None:
+def _set(ts, model, reduced, parameters, states, optimizer, optimizer_state, step, ties, cache, where) -> None:
     _setattr(ts, "model", model)
     _setattr(ts, "_reduced", reduced)
     _setattr(ts, "_parameters", parameters)
@@ -282,6 +341,7 @@ def _set(ts, model, reduced, parameters, states, optimizer, optimizer_state, ste
     _setattr(ts, "step", step)
     _setattr(ts, "ties", ties)
     _setattr(ts, "_cache", cache)
+    _setattr(ts, "_placement", where)
 
 
 def _flatten(ts: TrainState):
@@ -291,11 +351,11 @@ def _flatten(ts: TrainState):
         (jax.tree_util.GetAttrKey("optimizer_state"), ts.optimizer_state),
         (jax.tree_util.GetAttrKey("step"), ts.step),
     )
-    return children, (ts.model, ts.optimizer, ts.ties)
+    return children, (ts.model, ts.optimizer, ts.ties, ts._placement)
 
 
 def _unflatten(aux, children) -> TrainState:
-    model, optimizer, ties = aux
+    model, optimizer, ties, where = aux
     parameters, states, optimizer_state, step = children
     if ties:
         # put the ties back as identity (a jit output or tree.map made copies); JAX may also
@@ -305,7 +365,7 @@ def _unflatten(aux, children) -> TrainState:
         except (KeyError, TypeError, IndexError):
             pass
     reduced = None if ties else parameters
-    return TrainState._new(model, reduced, parameters, states, optimizer, optimizer_state, step, ties, {})
+    return TrainState._new(model, reduced, parameters, states, optimizer, optimizer_state, step, ties, {}, where)
 
 
 jax.tree_util.register_pytree_with_keys(TrainState, _flatten, _unflatten)
