@@ -135,9 +135,7 @@ def _check_spec(where: Any, spec: PartitionSpec, param: Parameter) -> None:
     rule = f"the rule for {where!r}"
     name, shape = str(param.path), param.shape
     if len(spec) > len(shape):
-        raise ConfigError(
-            f"shardings: {rule} gives {spec} for {name!r} of shape {shape}, which has {len(shape)} axes."
-        )
+        raise ConfigError(f"shardings: {rule} gives {spec} for {name!r} of shape {shape}, which has {len(shape)} axes.")
     for axis, entry in enumerate(spec):
         size = 1
         for mesh_axis in _axes(entry):
@@ -217,8 +215,9 @@ def shardings(
         (PartitionSpec('model', None), PartitionSpec())
     """
     if not isinstance(mesh, Mesh):
-        raise TypeError(f"shardings: `mesh` must be a jax.sharding.Mesh, such as jax.make_mesh((8,), ('data',)), "
-                        f"got {mesh!r}.")
+        raise TypeError(
+            f"shardings: `mesh` must be a jax.sharding.Mesh, such as jax.make_mesh((8,), ('data',)), got {mesh!r}."
+        )
     ps_specs = specs(model, mesh, rules, "params")
     _check_ties(ps_specs, ties)
     st_specs = specs(model, mesh, rules, "state")

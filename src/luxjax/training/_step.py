@@ -154,7 +154,16 @@ def compute_gradients(objective: Objective, data: Any, ts: TrainState) -> tuple[
     reduced = ts._reduced_parameters()
     grads, loss, stats, st = fn(reduced, ts.states, data)
     new = TrainState._new(
-        ts.model, reduced, ts._parameters, st, ts.optimizer, ts.optimizer_state, ts.step, ts.ties, ts._cache, ts._placement
+        ts.model,
+        reduced,
+        ts._parameters,
+        st,
+        ts.optimizer,
+        ts.optimizer_state,
+        ts.step,
+        ts.ties,
+        ts._cache,
+        ts._placement,
     )
     return grads, loss, stats, new
 
@@ -241,7 +250,16 @@ def single_train_step(
     ties = ts.ties
     # With ties, `parameters` is rebuilt from `reduced` only when it is read.
     new = TrainState._new(
-        ts.model, reduced, None if ties else reduced, st, ts.optimizer, opt_state, ts.step + 1, ties, ts._cache, ts._placement
+        ts.model,
+        reduced,
+        None if ties else reduced,
+        st,
+        ts.optimizer,
+        opt_state,
+        ts.step + 1,
+        ties,
+        ts._cache,
+        ts._placement,
     )
     return grads, loss, stats, new
 

@@ -197,8 +197,18 @@ class TrainState:
     # `_reduced` is `parameters` with the tied copies removed (what the compiled steps take);
     # without ties it is `parameters` itself. Either of `_reduced` and `_parameters` may be
     # `None` until first needed, so a step does no tie bookkeeping on the host.
-    __slots__ = ("model", "_reduced", "_parameters", "states", "optimizer", "optimizer_state", "step", "ties", "_cache",
-                 "_placement")
+    __slots__ = (
+        "model",
+        "_reduced",
+        "_parameters",
+        "states",
+        "optimizer",
+        "optimizer_state",
+        "step",
+        "ties",
+        "_cache",
+        "_placement",
+    )
 
     model: Layer
     states: Any
