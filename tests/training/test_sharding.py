@@ -65,12 +65,14 @@ SCRIPT = textwrap.dedent(
         split = [p for p, s in placed.items() if any(s.spec)]
         ts, losses = m.train(model, sharded_ps, sharded_st, shard_batch(m.batch(), mesh))
         np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, err_msg=name)
-        for (path, a), b in zip(leaves((ts.parameters, ts.states)), jax.tree.leaves((reference.parameters, reference.states))):
+        trained = jax.tree.leaves((reference.parameters, reference.states))
+        for (path, a), b in zip(leaves((ts.parameters, ts.states)), trained):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=f"{{name}} {{path}}")
             assert a.sharding.is_equivalent_to(placed[jax.tree_util.keystr(path)], a.ndim), (name, path, a.sharding)
         p = ts.parameters
         assert p["embed"]["weight"] is p["head"]["weight"], name
-        np.testing.assert_array_equal(ts.states["frozen"]["frozen_params"]["weight"], st["frozen"]["frozen_params"]["weight"])
+        frozen = ts.states["frozen"]["frozen_params"]["weight"]
+        np.testing.assert_array_equal(frozen, st["frozen"]["frozen_params"]["weight"])
         adam = ts.optimizer_state[0]
         for (path, moment), (_, param) in zip(leaves(adam.mu), leaves(p)):
             assert moment.sharding.is_equivalent_to(param.sharding, param.ndim), (name, path)

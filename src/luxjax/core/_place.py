@@ -169,10 +169,10 @@ def specs(model: Layer, mesh: Mesh, rules: Rules | None, what: What) -> Any:
         _check_spec(where, spec, param)
         return PartitionSpec(*([None] * stacks), *spec) if stacks else spec
 
-    return _rebuild(tree, dict(leaves_with_paths(tree)), place)
+    return _rebuild(tree, dict(leaves_with_paths(tree)), place, KeyPath())
 
 
-def _rebuild(tree: Any, leaves: dict[KeyPath, Any], place: Callable, path: KeyPath = KeyPath()) -> Any:
+def _rebuild(tree: Any, leaves: dict[KeyPath, Any], place: Callable, path: KeyPath) -> Any:
     if isinstance(tree, Mapping):
         return {k: _rebuild(v, leaves, place, path / str(k)) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields"):
