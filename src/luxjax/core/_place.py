@@ -43,7 +43,7 @@ class Parameter:
         >>> by_rows = lambda p: P("data", None) if len(p.shape) == 2 else None
         >>> ps_sh, _ = shardings(lx.Dense(2, 4), mesh, {lx.Dense: by_rows})
         >>> ps_sh["weight"].spec, ps_sh["bias"].spec
-        (PartitionSpec('data', None), PartitionSpec())
+        (P('data', None), P())
     """
 
     path: KeyPath
@@ -212,7 +212,7 @@ def shardings(
         >>> model = lx.Chain(a=lx.Dense(2, 4), b=lx.Dense(4, 2))
         >>> ps_sh, st_sh = shardings(model, mesh, {"a.weight": P("model", None)})
         >>> ps_sh["a"]["weight"].spec, ps_sh["b"]["weight"].spec
-        (PartitionSpec('model', None), PartitionSpec())
+        (P('model', None), P())
     """
     if not isinstance(mesh, Mesh):
         raise TypeError(

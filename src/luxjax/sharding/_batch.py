@@ -25,7 +25,7 @@ def shard_batch(x: Any, mesh: Mesh, axis: Axis = "data") -> Any:
         >>> mesh = jax.make_mesh((1,), ("data",))
         >>> x, y = shard_batch((jnp.ones((8, 3)), jnp.zeros(8)), mesh)
         >>> x.sharding.spec
-        PartitionSpec('data',)
+        P('data',)
     """
     if not isinstance(mesh, Mesh):
         raise TypeError(f"shard_batch: `mesh` must be a jax.sharding.Mesh, got {mesh!r}.")

@@ -36,7 +36,7 @@ def data_parallel() -> Rules:
         >>> mesh = jax.make_mesh((1,), ("data",))
         >>> ps_sh, _ = shardings(lx.Dense(2, 4), mesh, data_parallel())
         >>> ps_sh["weight"].spec
-        PartitionSpec()
+        P()
     """
     return {}
 
@@ -56,7 +56,7 @@ def fsdp(axis: Axis = "data", min_size: int = 2**12) -> Rules:
         >>> mesh = jax.make_mesh((1,), ("data",))
         >>> ps_sh, _ = shardings(lx.Dense(64, 128), mesh, fsdp(min_size=1024))
         >>> ps_sh["weight"].spec, ps_sh["bias"].spec
-        (PartitionSpec('data', None), PartitionSpec())
+        (P('data', None), P())
     """
 
     def rule(param: Parameter) -> PartitionSpec | None:
@@ -92,7 +92,7 @@ def tensor_parallel(axis: Axis = "model", row: Sequence[str] = ("out_proj.*", "*
         >>> mesh = jax.make_mesh((1,), ("model",))
         >>> ps_sh, _ = shardings(lx.MultiHeadAttention(8, 2), mesh, tensor_parallel())
         >>> ps_sh["q_proj"]["weight"].spec, ps_sh["out_proj"]["weight"].spec
-        (PartitionSpec('model', None), PartitionSpec(None, 'model'))
+        (P('model', None), P(None, 'model'))
     """
     is_row = selector("tensor_parallel", tuple(row))
 
