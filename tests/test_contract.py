@@ -57,8 +57,11 @@ def registry():
         lx.AdaptiveMaxPool: [(lx.AdaptiveMaxPool((2, 2)), x(1, 5, 3, 2))],
         lx.AdaptiveMeanPool: [(lx.AdaptiveMeanPool(2), x(2, 5, 2))],
         lx.BatchNorm: [(lx.BatchNorm(2), x(4, 2))],
-        lx.LayerNorm: [(lx.LayerNorm(3), x(2, 3))],
+        lx.LayerNorm: [(lx.LayerNorm(3), x(2, 3)), (lx.LayerNorm((1, 2), axes=(1, 2)), x(2, 3, 2))],
         lx.GroupNorm: [(lx.GroupNorm(4, 2), x(2, 3, 4))],
+        lx.InstanceNorm: [(lx.InstanceNorm(2, jnp.tanh, affine=True, track_stats=True), x(2, 3, 3, 2))],
+        lx.RMSNorm: [(lx.RMSNorm(3), x(2, 3))],
+        lx.WeightNorm: [(lx.WeightNorm(lx.Dense(3, 2, jnp.tanh), ("weight",)), x(4, 3))],
         # Training mode: the mask depends only on st["key"], so finite differences are valid.
         lx.Dropout: [(lx.Dropout(0.3), x(4, 3))],
         lx.Embedding: [(lx.Embedding(5, 3), jnp.array([[0, 4, 2], [1, 1, 3]]))],

@@ -46,6 +46,7 @@ from .layers import GlobalMaxPool as GlobalMaxPool
 from .layers import GlobalMeanPool as GlobalMeanPool
 from .layers import GroupNorm as GroupNorm
 from .layers import GRUCell as GRUCell
+from .layers import InstanceNorm as InstanceNorm
 from .layers import LayerNorm as LayerNorm
 from .layers import LSTMCell as LSTMCell
 from .layers import MaxPool as MaxPool
@@ -58,8 +59,10 @@ from .layers import Recurrence as Recurrence
 from .layers import Remat as Remat
 from .layers import RepeatedLayer as RepeatedLayer
 from .layers import ReshapeLayer as ReshapeLayer
+from .layers import RMSNorm as RMSNorm
 from .layers import SkipConnection as SkipConnection
 from .layers import Stacked as Stacked
+from .layers import WeightNorm as WeightNorm
 from .layers import WrappedFunction as WrappedFunction
 
 __version__ = "0.1.0"

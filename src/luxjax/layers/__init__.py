@@ -17,7 +17,10 @@ from ._dropout import Dropout as Dropout
 from ._embedding import Embedding as Embedding
 from ._norm import BatchNorm as BatchNorm
 from ._norm import GroupNorm as GroupNorm
+from ._norm import InstanceNorm as InstanceNorm
 from ._norm import LayerNorm as LayerNorm
+from ._norm import RMSNorm as RMSNorm
+from ._norm import WeightNorm as WeightNorm
 from ._pool import AdaptiveMaxPool as AdaptiveMaxPool
 from ._pool import AdaptiveMeanPool as AdaptiveMeanPool
 from ._pool import GlobalMaxPool as GlobalMaxPool
