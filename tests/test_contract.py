@@ -50,6 +50,8 @@ def registry():
         lx.MultiHeadAttention: [(lx.MultiHeadAttention(4, 2), x(2, 3, 4))],
         lx.Conv: [(lx.Conv((3, 3), 2, 3, jnp.tanh, stride=2, padding=1), x(1, 5, 4, 2))],
         lx.ConvTranspose: [(lx.ConvTranspose((2, 2), 2, 1, stride=2), x(1, 2, 3, 2))],
+        lx.Upsample: [(lx.Upsample(mode="bilinear", scale=2), x(1, 2, 3, 2)), (lx.Upsample(size=(3,)), x(2, 2, 1))],
+        lx.PixelShuffle: [(lx.PixelShuffle(2), x(1, 2, 3, 8))],
         lx.MaxPool: [(lx.MaxPool((2, 2)), x(1, 4, 4, 2))],
         lx.MeanPool: [(lx.MeanPool(2, stride=1, padding=1), x(2, 3, 2))],
         lx.GlobalMaxPool: [(lx.GlobalMaxPool(), x(2, 3, 3, 2))],

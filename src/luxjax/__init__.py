@@ -55,6 +55,7 @@ from .layers import MultiHeadAttention as MultiHeadAttention
 from .layers import NoOpLayer as NoOpLayer
 from .layers import PairwiseFusion as PairwiseFusion
 from .layers import Parallel as Parallel
+from .layers import PixelShuffle as PixelShuffle
 from .layers import Recurrence as Recurrence
 from .layers import Remat as Remat
 from .layers import RepeatedLayer as RepeatedLayer
@@ -62,6 +63,7 @@ from .layers import ReshapeLayer as ReshapeLayer
 from .layers import RMSNorm as RMSNorm
 from .layers import SkipConnection as SkipConnection
 from .layers import Stacked as Stacked
+from .layers import Upsample as Upsample
 from .layers import WeightNorm as WeightNorm
 from .layers import WrappedFunction as WrappedFunction
 

@@ -33,3 +33,5 @@ from ._recurrent import Recurrence as Recurrence
 from ._stacked import Remat as Remat
 from ._stacked import RepeatedLayer as RepeatedLayer
 from ._stacked import Stacked as Stacked
+from ._upsample import PixelShuffle as PixelShuffle
+from ._upsample import Upsample as Upsample
