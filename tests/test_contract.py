@@ -29,6 +29,11 @@ def registry():
     """Examples per exported layer: `(model, input)`, or `(model, input, check_layer options)`."""
     return {
         lx.Dense: [(lx.Dense(3, 2, jnp.tanh), x(4, 3))],
+        lx.Scale: [(lx.Scale((2, 3), jnp.tanh), x(4, 2, 3))],
+        lx.Bilinear: [(lx.Bilinear((3, 2), 2, jnp.tanh), (x(4, 3), x(4, 2, seed=1))), (lx.Bilinear(3, 2), x(4, 3))],
+        lx.Maxout: [(lx.Maxout(lx.Dense(2, 3), lx.Dense(2, 3)), x(4, 2))],
+        lx.SelectDim: [(lx.SelectDim(1, -1), x(2, 3, 2)), (lx.SelectDim(2, (0, 2)), x(2, 2, 3))],
+        lx.ReverseSequence: [(lx.ReverseSequence(), x(2, 3, 2))],
         lx.Stacked: [(lx.Stacked(lx.Chain(lx.Dense(3, 3, jnp.tanh), lx.LayerNorm(3)), 3), x(4, 3))],
         lx.RepeatedLayer: [(lx.RepeatedLayer(lx.Dense(3, 3, jnp.tanh), repeats=3), x(4, 3))],
         lx.Remat: [(lx.Remat(lx.Chain(lx.Dense(3, 4, jnp.tanh), lx.Dense(4, 2)), policy="dots_saveable"), x(4, 3))],
@@ -58,6 +63,9 @@ def registry():
         lx.GlobalMeanPool: [(lx.GlobalMeanPool(), x(2, 3, 2))],
         lx.AdaptiveMaxPool: [(lx.AdaptiveMaxPool((2, 2)), x(1, 5, 3, 2))],
         lx.AdaptiveMeanPool: [(lx.AdaptiveMeanPool(2), x(2, 5, 2))],
+        lx.LPPool: [(lx.LPPool((2, 2), p=3), x(1, 4, 4, 2))],
+        lx.GlobalLPPool: [(lx.GlobalLPPool(), x(2, 3, 3, 2))],
+        lx.AdaptiveLPPool: [(lx.AdaptiveLPPool((2, 2)), x(1, 5, 3, 2))],
         lx.BatchNorm: [(lx.BatchNorm(2), x(4, 2))],
         lx.LayerNorm: [(lx.LayerNorm(3), x(2, 3)), (lx.LayerNorm((1, 2), axes=(1, 2)), x(2, 3, 2))],
         lx.GroupNorm: [(lx.GroupNorm(4, 2), x(2, 3, 4))],
