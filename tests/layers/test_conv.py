@@ -100,7 +100,10 @@ def test_conv_cross_correlation_must_be_a_bool():
     ("model", "expected"),
     [
         (lx.Conv((3, 3), 1, 16, jax.nn.relu), "Conv((3, 3), 1 => 16, relu, cross_correlation=True)"),
-        (lx.Conv((3, 3), 1, 16, padding=1, stride=2), "Conv((3, 3), 1 => 16, padding=1, stride=2, cross_correlation=True)"),
+        (
+            lx.Conv((3, 3), 1, 16, padding=1, stride=2),
+            "Conv((3, 3), 1 => 16, padding=1, stride=2, cross_correlation=True)",
+        ),
         (
             lx.Conv(5, 4, 4, padding="same", dilation=2, groups=4),
             'Conv((5,), 4 => 4, padding="SAME", dilation=2, groups=4, cross_correlation=True)',

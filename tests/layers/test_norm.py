@@ -324,7 +324,9 @@ def test_weightnorm_default_keeps_the_last_axis_as_lux_and_checks_names(key):
     x = _normal((1, 5, 5, 2))
     plain = {"weight": ps["normalized"]["weight_v"], **ps["unnormalized"]}
     np.testing.assert_allclose(model(x, ps, st)[0], lx.Conv((3, 3), 2, 4)(x, plain, {})[0], rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match=r"WeightNorm: Dense\(2 => 2\) has no parameter array 'wieght'; it has 'weight'"):
+    with pytest.raises(
+        ValueError, match=r"WeightNorm: Dense\(2 => 2\) has no parameter array 'wieght'; it has 'weight'"
+    ):
         lx.WeightNorm(lx.Dense(2, 2), ("wieght",))
     with pytest.raises(ValueError, match=r"`dims` must have one entry per name in `which_params` \(1\), got \(0, 1\)"):
         lx.WeightNorm(lx.Dense(2, 2), "weight", dims=(0, 1))

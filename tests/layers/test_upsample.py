@@ -11,7 +11,9 @@ def _x(shape, seed=0):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("align_corners", [True, False])
-@pytest.mark.parametrize(("ours", "theirs"), [({"scale": 2}, {"scale_factor": 2}), ({"size": (7, 4)}, {"size": (7, 4)})])
+@pytest.mark.parametrize(
+    ("ours", "theirs"), [({"scale": 2}, {"scale_factor": 2}), ({"size": (7, 4)}, {"size": (7, 4)})]
+)
 def test_bilinear_upsample_matches_torch(align_corners, ours, theirs):
     torch = pytest.importorskip("torch")
     x = _x((2, 3, 5, 4))
@@ -23,7 +25,9 @@ def test_bilinear_upsample_matches_torch(align_corners, ours, theirs):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize(("ours", "theirs"), [({"scale": (2, 3)}, {"scale_factor": (2, 3)}), ({"size": (7, 4)}, {"size": (7, 4)})])
+@pytest.mark.parametrize(
+    ("ours", "theirs"), [({"scale": (2, 3)}, {"scale_factor": (2, 3)}), ({"size": (7, 4)}, {"size": (7, 4)})]
+)
 def test_nearest_upsample_matches_torch(ours, theirs):
     torch = pytest.importorskip("torch")
     x = _x((2, 3, 5, 4))

@@ -1,4 +1,4 @@
-"""Small stateless layers: `WrappedFunction`, `NoOpLayer`, `ReshapeLayer`, `FlattenLayer`, `SelectDim`, `ReverseSequence`."""
+"""Small stateless layers: `WrappedFunction`, `NoOpLayer`, reshaping, `SelectDim`, `ReverseSequence`."""
 
 import math
 from collections.abc import Callable

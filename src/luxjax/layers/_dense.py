@@ -198,7 +198,8 @@ class Bilinear(Layer):
         return ps
 
     def __call__(self, x: Any, ps: dict, st: dict) -> tuple[jax.Array, dict]:
-        a, b = x if isinstance(x, (tuple, list)) and len(x) == 2 else (x, x)
+        pair = x if isinstance(x, (tuple, list)) and len(x) == 2 else (x, x)
+        a, b = jnp.asarray(pair[0]), jnp.asarray(pair[1])
         shapes = (jnp.shape(a), jnp.shape(b))
         if any(len(s) == 0 or s[-1] != d for s, d in zip(shapes, self.in_dims)) or shapes[0][:-1] != shapes[1][:-1]:
             raise ShapeError(

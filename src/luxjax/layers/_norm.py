@@ -1,4 +1,4 @@
-"""Normalisation: `BatchNorm`, `InstanceNorm` (with running statistics), `LayerNorm`, `GroupNorm`, `RMSNorm`, `WeightNorm`."""
+"""Normalisation: `BatchNorm`, `InstanceNorm`, `LayerNorm`, `GroupNorm`, `RMSNorm` and `WeightNorm`."""
 
 import dataclasses
 import math
@@ -438,7 +438,7 @@ class RMSNorm(Layer):
 
 
 class WeightNorm(Layer):
-    """Runs `layer` with the parameters in `which_params` reparameterised as `w = g * v / norm(v)`, as Lux's `WeightNorm`.
+    """Runs `layer` with the parameters `which_params` learnt as `w = g * v / norm(v)`, as Lux's `WeightNorm`.
 
     Each named parameter `w` is learnt as a magnitude `w_g` and a direction `w_v`; the norm
     is taken over every axis but the kept ones (`dims`), so `w_g` has size 1 in those axes

@@ -168,5 +168,3 @@ class PixelShuffle(Layer):
 
     def __repr__(self) -> str:
         return f"PixelShuffle({self.r})"
-
-
