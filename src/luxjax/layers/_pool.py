@@ -194,9 +194,12 @@ class _AdaptivePool(Layer):
             for i in range(out):
                 start, end = (i * size) // out, -((-(i + 1) * size) // out)
                 piece = jax.lax.slice_in_dim(x, start, end, axis=axis)
-                pieces.append(self._reduce(piece, axis=axis, keepdims=True))
+                pieces.append(self._reduce_axis(piece, axis))
             x = jnp.concatenate(pieces, axis=axis)
         return x, st
+
+    def _reduce_axis(self, x: jax.Array, axis: int) -> jax.Array:
+        return self._reduce(x, axis=axis, keepdims=True)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.out_size})"
@@ -362,9 +365,9 @@ class AdaptiveLPPool(_AdaptivePool):
         super().__post_init__()
         _check_p(self)
 
-    def _reduce(self, x: jax.Array, axis: Any, keepdims: bool) -> jax.Array:  # type: ignore[override]
+    def _reduce_axis(self, x: jax.Array, axis: int) -> jax.Array:
         # The p-norm is separable: pooling one axis at a time gives the norm over the window.
-        return _lp_norm(x, self.p, axis, keepdims)
+        return _lp_norm(x, self.p, axis)
 
     def __repr__(self) -> str:
         return f"AdaptiveLPPool({self.out_size}{_p_repr(self.p)})"
