@@ -25,7 +25,6 @@ from ._norm import GroupNorm as GroupNorm
 from ._norm import InstanceNorm as InstanceNorm
 from ._norm import LayerNorm as LayerNorm
 from ._norm import RMSNorm as RMSNorm
-from ._norm import WeightNorm as WeightNorm
 from ._pool import AdaptiveLPPool as AdaptiveLPPool
 from ._pool import AdaptiveMaxPool as AdaptiveMaxPool
 from ._pool import AdaptiveMeanPool as AdaptiveMeanPool
@@ -43,3 +42,4 @@ from ._stacked import RepeatedLayer as RepeatedLayer
 from ._stacked import Stacked as Stacked
 from ._upsample import PixelShuffle as PixelShuffle
 from ._upsample import Upsample as Upsample
+from ._weight_norm import WeightNorm as WeightNorm
