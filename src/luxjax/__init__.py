@@ -31,9 +31,11 @@ from .core import stateless_apply as stateless_apply
 from .core import testmode as testmode
 from .core import trainmode as trainmode
 from .core import update_state as update_state
+from .layers import AdaptiveLPPool as AdaptiveLPPool
 from .layers import AdaptiveMaxPool as AdaptiveMaxPool
 from .layers import AdaptiveMeanPool as AdaptiveMeanPool
 from .layers import BatchNorm as BatchNorm
+from .layers import Bilinear as Bilinear
 from .layers import BranchLayer as BranchLayer
 from .layers import Chain as Chain
 from .layers import Conv as Conv
@@ -42,24 +44,35 @@ from .layers import Dense as Dense
 from .layers import Dropout as Dropout
 from .layers import Embedding as Embedding
 from .layers import FlattenLayer as FlattenLayer
+from .layers import GlobalLPPool as GlobalLPPool
 from .layers import GlobalMaxPool as GlobalMaxPool
 from .layers import GlobalMeanPool as GlobalMeanPool
 from .layers import GroupNorm as GroupNorm
 from .layers import GRUCell as GRUCell
+from .layers import InstanceNorm as InstanceNorm
 from .layers import LayerNorm as LayerNorm
+from .layers import LPPool as LPPool
 from .layers import LSTMCell as LSTMCell
+from .layers import Maxout as Maxout
 from .layers import MaxPool as MaxPool
 from .layers import MeanPool as MeanPool
 from .layers import MultiHeadAttention as MultiHeadAttention
 from .layers import NoOpLayer as NoOpLayer
 from .layers import PairwiseFusion as PairwiseFusion
 from .layers import Parallel as Parallel
+from .layers import PixelShuffle as PixelShuffle
 from .layers import Recurrence as Recurrence
 from .layers import Remat as Remat
 from .layers import RepeatedLayer as RepeatedLayer
 from .layers import ReshapeLayer as ReshapeLayer
+from .layers import ReverseSequence as ReverseSequence
+from .layers import RMSNorm as RMSNorm
+from .layers import Scale as Scale
+from .layers import SelectDim as SelectDim
 from .layers import SkipConnection as SkipConnection
 from .layers import Stacked as Stacked
+from .layers import Upsample as Upsample
+from .layers import WeightNorm as WeightNorm
 from .layers import WrappedFunction as WrappedFunction
 
 __version__ = "0.1.0"

@@ -285,13 +285,12 @@ def test_debug_mode_of_conv_and_pooling_wraps_each_layer_and_prints(key):
     assert str(debug) == "\n".join(
         [
             "Chain(",
-            "    layer_1 = DebugLayer(Conv((3, 3), 1 => 4, relu, padding=1), location=KeyPath('layer_1')),  "
-            "# 40 parameters",
+            "    layer_1 = DebugLayer(Conv((3, 3), 1 => 4, relu, padding=1, cross_correlation=True), "
+            "location=KeyPath('layer_1')),  # 40 parameters",
             "    layer_2 = DebugLayer(MaxPool((2, 2)), location=KeyPath('layer_2')),",
-            "    layer_3 = DebugLayer(Conv((3, 3), 4 => 2), location=KeyPath('layer_3')),                   "
-            "# 74 parameters",
-            ")                                                                                              "
-            "# Total: 114 parameters, plus 0 states.",
+            "    layer_3 = DebugLayer(Conv((3, 3), 4 => 2, cross_correlation=True), location=KeyPath('layer_3')),"
+            "                   # 74 parameters",
+            ")" + " " * 118 + "# Total: 114 parameters, plus 0 states.",
         ]
     )
     ps, st = lx.setup(key, model)

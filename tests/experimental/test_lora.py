@@ -75,7 +75,9 @@ def test_lora_on_a_convolution_and_inside_parallel(key):
     assert isinstance(adapted["both"]["layer_2"], lxe.LoRA)
     assert adapted["both"]["layer_1"] == lxe.FrozenLayer(lx.Dense(4, 4), None)  # the rest is frozen
     np.testing.assert_array_equal(adapted(x, ps_a, st_a)[0], model(x, ps, st)[0])
-    shown = "LoRA(Conv((3, 3), 2 => 4, padding=1), rank=3)  # 66 parameters, plus 76 non-trainable"
+    shown = (
+        "LoRA(Conv((3, 3), 2 => 4, padding=1, cross_correlation=True), rank=3)  # 66 parameters, plus 76 non-trainable"
+    )
     assert str(adapted["conv"]) == shown
 
 

@@ -50,21 +50,82 @@ def test_conv_matches_hand_written_sum(key):
     np.testing.assert_allclose(model(x, ps, st)[0][0], np.stack(expected), rtol=1e-5, atol=1e-6)
 
 
+def test_issue_18_conv_cross_correlation_false_is_luxs_true_convolution():
+    # A non-symmetric kernel tells the two apart. True convolution, by hand:
+    # y[i, j] = sum_{a, b} x[i + a, j + b] * w[K - 1 - a, L - 1 - b].
+    x = np.arange(20.0, dtype=np.float32).reshape(1, 4, 5, 1) ** 1.5
+    w = np.array([[1.0, -2.0, 0.5], [3.0, 0.0, -1.0]], np.float32)  # (2, 3)
+    ps = {"weight": jnp.asarray(w[:, :, None, None]), "bias": jnp.zeros(1)}
+    true_conv = np.array(
+        [
+            [sum(x[0, i + a, j + b, 0] * w[1 - a, 2 - b] for a in range(2) for b in range(3)) for j in range(3)]
+            for i in range(3)
+        ]
+    )
+    cross = np.array(
+        [[sum(x[0, i + a, j + b, 0] * w[a, b] for a in range(2) for b in range(3)) for j in range(3)] for i in range(3)]
+    )
+    lux_default = lx.Conv((2, 3), 1, 1, cross_correlation=False)
+    np.testing.assert_allclose(lux_default(jnp.asarray(x), ps, {})[0][0, :, :, 0], true_conv, rtol=1e-5)
+    np.testing.assert_allclose(lx.Conv((2, 3), 1, 1)(jnp.asarray(x), ps, {})[0][0, :, :, 0], cross, rtol=1e-5)
+    assert not np.allclose(true_conv, cross)
+
+
+def test_issue_18_conv_transpose_cross_correlation_false_is_the_transpose_of_a_true_convolution(key):
+    # <ConvTranspose(x), y> == <x, Conv(y)> for the matching Conv (weights shared, no bias), in both modes.
+    for flag in (True, False):
+        conv = lx.Conv((2, 3), 3, 2, stride=2, use_bias=False, cross_correlation=flag)
+        transposed = lx.ConvTranspose((2, 3), 2, 3, stride=2, use_bias=False, cross_correlation=flag)
+        ps, _ = lx.setup(key, conv)
+        y = _normal((1, 6, 7, 3))
+        x = _normal((1, 3, 3, 2), seed=5)
+        conv_y = conv(y, ps, {})[0]
+        t_x = transposed(x, ps, {})[0][:, :6, :7]
+        assert t_x.shape == (1, 6, 7, 3)
+        np.testing.assert_allclose(jnp.vdot(t_x, y), jnp.vdot(x, conv_y), rtol=1e-4)
+    flipped = lx.ConvTranspose((2, 3), 2, 3, use_bias=False, cross_correlation=False)
+    ps = lx.setup(key, flipped)[0]
+    plain = lx.ConvTranspose((2, 3), 2, 3, use_bias=False)
+    np.testing.assert_allclose(
+        flipped(x, ps, {})[0], plain(x, {"weight": ps["weight"][::-1, ::-1]}, {})[0], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_conv_cross_correlation_must_be_a_bool():
+    with pytest.raises(ValueError, match=r"Conv: `cross_correlation` must be True or False, got 'no'"):
+        lx.Conv(3, 1, 1, cross_correlation="no")
+
+
 @pytest.mark.parametrize(
     ("model", "expected"),
     [
-        (lx.Conv((3, 3), 1, 16, jax.nn.relu), "Conv((3, 3), 1 => 16, relu)"),
-        (lx.Conv((3, 3), 1, 16, padding=1, stride=2), "Conv((3, 3), 1 => 16, padding=1, stride=2)"),
+        (lx.Conv((3, 3), 1, 16, jax.nn.relu), "Conv((3, 3), 1 => 16, relu, cross_correlation=True)"),
+        (
+            lx.Conv((3, 3), 1, 16, padding=1, stride=2),
+            "Conv((3, 3), 1 => 16, padding=1, stride=2, cross_correlation=True)",
+        ),
         (
             lx.Conv(5, 4, 4, padding="same", dilation=2, groups=4),
-            'Conv((5,), 4 => 4, padding="SAME", dilation=2, groups=4)',
+            'Conv((5,), 4 => 4, padding="SAME", dilation=2, groups=4, cross_correlation=True)',
         ),
-        (lx.Conv((3, 3), 1, 2, padding=(1, 0), use_bias=False), "Conv((3, 3), 1 => 2, padding=(1, 0), use_bias=False)"),
-        (lx.Conv((2, 2), 1, 2, padding=((0, 1), (0, 1))), "Conv((2, 2), 1 => 2, padding=((0, 1), (0, 1)))"),
-        (lx.ConvTranspose((2, 2), 8, 4, stride=(2, 1)), "ConvTranspose((2, 2), 8 => 4, stride=(2, 1))"),
+        (
+            lx.Conv((3, 3), 1, 2, padding=(1, 0), use_bias=False),
+            "Conv((3, 3), 1 => 2, padding=(1, 0), use_bias=False, cross_correlation=True)",
+        ),
+        # Lux's default (a true convolution) shows no flag, as in Lux.
+        (lx.Conv((3, 3), 1, 2, cross_correlation=False), "Conv((3, 3), 1 => 2)"),
+        (
+            lx.Conv((2, 2), 1, 2, padding=((0, 1), (0, 1))),
+            "Conv((2, 2), 1 => 2, padding=((0, 1), (0, 1)), cross_correlation=True)",
+        ),
+        (
+            lx.ConvTranspose((2, 2), 8, 4, stride=(2, 1)),
+            "ConvTranspose((2, 2), 8 => 4, stride=(2, 1), cross_correlation=True)",
+        ),
+        (lx.ConvTranspose((2, 2), 8, 4, cross_correlation=False), "ConvTranspose((2, 2), 8 => 4)"),
         (
             lx.ConvTranspose(3, 1, 1, stride=2, output_padding=1),
-            "ConvTranspose((3,), 1 => 1, stride=2, output_padding=1)",
+            "ConvTranspose((3,), 1 => 1, stride=2, output_padding=1, cross_correlation=True)",
         ),
     ],
 )

@@ -48,3 +48,41 @@ def test_dense_error_names_its_path_in_the_model(key):
 def test_dense_rejects_bad_sizes(bad):
     with pytest.raises(ValueError, match=rf"Dense: `in_dims` must be a positive int, got {bad!r}"):
         lx.Dense(bad, 2)
+
+
+# -- issue 18: Scale and Bilinear ---------------------------------------------------------------
+
+
+def test_scale_is_elementwise_affine(key):
+    model = lx.Scale((2, 3), jnp.tanh)
+    assert repr(model) == "Scale((2, 3), tanh)"
+    ps, st = lx.setup(key, model)
+    np.testing.assert_array_equal(ps["weight"], jnp.ones((2, 3)))  # identity at the start
+    ps = {"weight": jnp.arange(6.0).reshape(2, 3), "bias": jnp.full((2, 3), 0.5)}
+    x = jax.random.normal(key, (4, 2, 3))
+    np.testing.assert_allclose(model(x, ps, st)[0], jnp.tanh(x * ps["weight"][None] + 0.5), rtol=1e-6)
+    assert repr(lx.Scale(3, use_bias=False)) == "Scale(3, use_bias=False)"
+    with pytest.raises(ValueError, match=r"trailing axes broadcast with \(2, 3\), got shape \(4, 3, 2\)"):
+        model(jnp.ones((4, 3, 2)), ps, st)
+
+
+@pytest.mark.torch
+def test_bilinear_matches_torch(key):
+    torch = pytest.importorskip("torch")
+    model = lx.Bilinear((3, 4), 2)
+    assert repr(model) == "Bilinear((3, 4) => 2)"
+    ps, st = lx.setup(key, model)
+    assert jnp.max(jnp.abs(ps["weight"])) <= 1 / np.sqrt(3)
+    reference = torch.nn.Bilinear(3, 4, 2)
+    with torch.no_grad():
+        reference.weight.copy_(torch.tensor(np.asarray(ps["weight"])))
+        reference.bias.copy_(torch.tensor(np.asarray(ps["bias"])))
+    a, b = jax.random.normal(jax.random.key(1), (5, 3)), jax.random.normal(jax.random.key(2), (5, 4))
+    expected = reference(torch.tensor(np.asarray(a)), torch.tensor(np.asarray(b))).detach().numpy()
+    np.testing.assert_allclose(model((a, b), ps, st)[0], expected, rtol=1e-5, atol=1e-6)
+    square = lx.Bilinear(3, 2, use_bias=False)
+    assert repr(square) == "Bilinear((3, 3) => 2, use_bias=False)"
+    ps_sq = {"weight": ps["weight"][:, :, :3]}
+    np.testing.assert_allclose(square(a, ps_sq, {})[0], square((a, a), ps_sq, {})[0])
+    with pytest.raises(ValueError, match=r"expected inputs of shapes \(\.\.\., 3\) and \(\.\.\., 4\) with the same"):
+        model((a, a), ps, st)

@@ -227,3 +227,129 @@ def test_groupnorm_matches_torch(key, channels, groups, shape):
         _channels_first(x), groups, torch.tensor(np.asarray(ps["scale"])), torch.tensor(np.asarray(ps["bias"]))
     )
     np.testing.assert_allclose(model(x, ps, st)[0], _channels_last(expected), rtol=1e-4, atol=1e-5)
+
+
+# -- issue 18: InstanceNorm, RMSNorm, WeightNorm, LayerNorm(axes=) --------------------------------
+
+
+@pytest.mark.torch
+def test_instancenorm_matches_torch_with_running_statistics(key):
+    torch = _torch()
+    model = lx.InstanceNorm(3, affine=True, track_stats=True, momentum=0.2, epsilon=1e-4)
+    ps, st = lx.setup(key, model)
+    ps = _random_affine(ps)
+    reference = torch.nn.InstanceNorm2d(3, affine=True, track_running_stats=True, momentum=0.2, eps=1e-4)
+    with torch.no_grad():
+        reference.weight.copy_(torch.tensor(np.asarray(ps["scale"])))
+        reference.bias.copy_(torch.tensor(np.asarray(ps["bias"])))
+    reference.train()
+    for seed in (1, 2):
+        x = _normal((2, 4, 5, 3), seed=seed)
+        y, st = model(x, ps, st)
+        np.testing.assert_allclose(y, _channels_last(reference(_channels_first(x))), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(st["running_mean"], reference.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(st["running_var"], reference.running_var.numpy(), rtol=1e-5, atol=1e-6)
+    reference.eval()
+    x = _normal((2, 4, 5, 3), seed=3)
+    y, _ = model(x, ps, lx.testmode(st))
+    np.testing.assert_allclose(y, _channels_last(reference(_channels_first(x))), rtol=1e-4, atol=1e-5)
+
+
+def test_instancenorm_defaults_are_luxs_and_it_needs_a_spatial_axis(key):
+    model = lx.InstanceNorm(2)
+    ps, st = lx.setup(key, model)
+    assert (ps, list(st)) == ({}, ["training"])
+    assert repr(model) == "InstanceNorm(2)"
+    assert repr(lx.InstanceNorm(2, jax.nn.relu, affine=True, track_stats=True)) == (
+        "InstanceNorm(2, relu, affine=True, track_stats=True)"
+    )
+    y, _ = model(_normal((3, 6, 2)), ps, st)
+    np.testing.assert_allclose(y.mean(axis=1), 0.0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"with a spatial axis and 2 channels in the last axis, got shape \(3, 2\)"):
+        model(jnp.ones((3, 2)), ps, st)
+
+
+@pytest.mark.torch
+def test_rmsnorm_matches_torch(key):
+    torch = _torch()
+    model = lx.RMSNorm((3, 4), epsilon=1e-6)
+    ps = {"scale": 1.0 + 0.5 * jax.random.normal(key, (3, 4))}
+    reference = torch.nn.RMSNorm((3, 4), eps=1e-6)
+    with torch.no_grad():
+        reference.weight.copy_(torch.tensor(np.asarray(ps["scale"])))
+    x = _normal((2, 5, 3, 4))
+    expected = reference(torch.tensor(np.asarray(x))).detach().numpy()
+    np.testing.assert_allclose(model(x, ps, {})[0], expected, rtol=1e-5, atol=1e-6)
+    assert repr(model) == "RMSNorm((3, 4), epsilon=1e-06)"
+    assert lx.parameter_count(lx.RMSNorm(8, affine=False)) == 0
+
+
+def test_rmsnorm_keeps_bfloat16(key):
+    model = lx.RMSNorm(4)
+    ps, st = lx.setup(key, model)
+    assert model(jnp.ones((2, 4), jnp.bfloat16), ps, st)[0].dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match=r"expected input with trailing axes \(4,\), got shape \(2, 3\)"):
+        model(jnp.ones((2, 3)), ps, st)
+
+
+@pytest.mark.torch
+def test_weightnorm_matches_torch_weight_norm(key):
+    torch = _torch()
+    model = lx.WeightNorm(lx.Dense(3, 2), ("weight",), dims=(0,))
+    ps, st = lx.setup(key, model)
+    ps["normalized"]["weight_g"] = jnp.array([[0.5], [2.0]])
+    reference = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(3, 2), dim=0)
+    with torch.no_grad():
+        reference.parametrizations.weight.original0.copy_(torch.tensor(np.asarray(ps["normalized"]["weight_g"])))
+        reference.parametrizations.weight.original1.copy_(torch.tensor(np.asarray(ps["normalized"]["weight_v"])))
+        reference.bias.copy_(torch.tensor(np.asarray(ps["unnormalized"]["bias"])))
+    x = _normal((4, 3))
+    xt = torch.tensor(np.asarray(x))
+    out = reference(xt)
+    np.testing.assert_allclose(model(x, ps, st)[0], out.detach().numpy(), rtol=1e-5, atol=1e-6)
+    out.sum().backward()
+    grads = jax.grad(lambda p: model(x, p, st)[0].sum())(ps)
+    np.testing.assert_allclose(
+        grads["normalized"]["weight_g"], reference.parametrizations.weight.original0.grad.numpy(), rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        grads["normalized"]["weight_v"], reference.parametrizations.weight.original1.grad.numpy(), rtol=1e-4, atol=1e-6
+    )
+
+
+def test_weightnorm_default_keeps_the_last_axis_as_lux_and_checks_names(key):
+    model = lx.WeightNorm(lx.Conv((3, 3), 2, 4), ("weight",))
+    ps, st = lx.setup(key, model)
+    assert ps["normalized"]["weight_g"].shape == (1, 1, 1, 4)  # one norm per output channel
+    x = _normal((1, 5, 5, 2))
+    plain = {"weight": ps["normalized"]["weight_v"], **ps["unnormalized"]}
+    np.testing.assert_allclose(model(x, ps, st)[0], lx.Conv((3, 3), 2, 4)(x, plain, {})[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(
+        ValueError, match=r"WeightNorm: Dense\(2 => 2\) has no parameter array 'wieght'; it has 'weight'"
+    ):
+        lx.WeightNorm(lx.Dense(2, 2), ("wieght",))
+    with pytest.raises(ValueError, match=r"`dims` must have one entry per name in `which_params` \(1\), got \(0, 1\)"):
+        lx.WeightNorm(lx.Dense(2, 2), "weight", dims=(0, 1))
+    with pytest.raises(ValueError, match=r"`dims` entry for 'weight' must be an axis or a tuple of axes of its 2 axes"):
+        lx.WeightNorm(lx.Dense(2, 2), "weight", dims=(5,))
+
+
+def test_layernorm_axes_normalises_over_the_chosen_axes(key):
+    model = lx.LayerNorm((1, 1, 3), axes=(1, 2))
+    assert repr(model) == "LayerNorm((1, 1, 3), axes=(1, 2))"
+    ps, st = lx.setup(key, model)
+    ps = {"scale": jnp.array([[[1.0, 2.0, 3.0]]]), "bias": jnp.array([[[0.0, 1.0, -1.0]]])}
+    x = _normal((2, 4, 5, 3))
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    var = x.var(axis=(1, 2), keepdims=True)
+    expected = (x - mean) / jnp.sqrt(var + 1e-5) * ps["scale"][None] + ps["bias"][None]
+    np.testing.assert_allclose(model(x, ps, st)[0], expected, rtol=1e-5, atol=1e-5)
+    # Negative axes count from the end: the same as the default for a trailing shape.
+    x2 = _normal((2, 4))
+    default, by_axes = lx.LayerNorm(4), lx.LayerNorm(4, axes=-1)
+    ps2, _ = lx.setup(key, default)
+    np.testing.assert_array_equal(default(x2, ps2, {})[0], by_axes(x2, ps2, {})[0])
+    with pytest.raises(ValueError, match=r"trailing axes broadcast with \(1, 1, 3\), got shape \(2, 4, 5, 2\)"):
+        model(jnp.ones((2, 4, 5, 2)), ps, st)
+    with pytest.raises(ValueError, match=r"`axes` must be None, an int or a tuple of distinct ints, got \(1, 1\)"):
+        lx.LayerNorm(3, axes=(1, 1))

@@ -153,3 +153,32 @@ def test_pool_gradient_under_jit_matches_torch(kind):
     yt = fn(xt, kernel_size=(3, 2), stride=(2, 1), padding=1)
     (yt * torch.tensor(np.asarray(direction)).permute(0, 3, 1, 2)).sum().backward()
     np.testing.assert_allclose(grad, xt.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-6)
+
+
+# -- issue 18: LPPool, GlobalLPPool, AdaptiveLPPool ---------------------------------------------
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("p", [2, 3])
+def test_lppool_matches_torch_on_non_negative_inputs(p):
+    torch = pytest.importorskip("torch")
+    x = np.abs(np.random.default_rng(0).standard_normal((2, 6, 5, 3))).astype(np.float32)
+    model = lx.LPPool((2, 2), stride=(2, 1), p=p)
+    reference = torch.nn.LPPool2d(p, (2, 2), stride=(2, 1))
+    expected = reference(torch.tensor(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(model(jnp.asarray(x), {}, {})[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_lp_pools_are_p_norms_of_their_windows():
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 5, 4, 3)), jnp.float32)
+    norm = lambda w, p: (jnp.abs(w) ** p).sum(axis=(1, 2)) ** (1 / p)  # noqa: E731
+    np.testing.assert_allclose(lx.GlobalLPPool(p=3)(x, {}, {})[0][:, 0, 0], norm(x, 3), rtol=1e-5)
+    y = lx.AdaptiveLPPool((2, 2), p=1.5)(x, {}, {})[0]
+    # Output (0, 1) covers rows [0, 3) and columns [2, 4), AdaptiveMaxPool's windows.
+    np.testing.assert_allclose(y[:, 0, 1], norm(x[:, 0:3, 2:4], 1.5), rtol=1e-5)
+    assert repr(lx.LPPool((2, 2), p=3)) == "LPPool((2, 2), p=3)"
+    assert repr(lx.LPPool(2, stride=1)) == "LPPool((2,), stride=1)"
+    assert repr(lx.GlobalLPPool()) == "GlobalLPPool()"
+    assert repr(lx.AdaptiveLPPool((2, 2), p=1.5)) == "AdaptiveLPPool((2, 2), p=1.5)"
+    with pytest.raises(ValueError, match=r"LPPool: `p` must be a positive number, got 0"):
+        lx.LPPool(2, p=0)

@@ -1,4 +1,4 @@
-"""Small stateless layers: `WrappedFunction`, `NoOpLayer`, `ReshapeLayer`, `FlattenLayer`."""
+"""Small stateless layers: `WrappedFunction`, `NoOpLayer`, reshaping, `SelectDim`, `ReverseSequence`."""
 
 import math
 from collections.abc import Callable
@@ -100,3 +100,94 @@ class FlattenLayer(Layer):
 
     def __repr__(self) -> str:
         return "FlattenLayer()"
+
+
+class SelectDim(Layer):
+    """Selects `index` along axis `dim` of the input, as Lux's `SelectDim`, with 0-based `dim` and `index`.
+
+    Lux counts both from 1 and in Julia's axis order (batch last); here `dim` is a 0-based
+    axis of the batch-first input (negative counts from the end) and `index` is 0-based. An
+    int `index` drops the axis; a tuple of ints keeps it with those entries.
+
+    Args:
+        dim: the axis to index.
+        index: an int or a tuple of ints.
+
+    Inputs: any array with that axis. Returns the selection.
+
+    `ps`: `{}`. `st`: `{}`.
+
+    Example:
+        >>> import jax.numpy as jnp, luxjax as lx
+        >>> model = lx.SelectDim(1, -1)  # the last time step of (batch, time, features)
+        >>> model
+        SelectDim(dim=1, index=-1)
+        >>> model(jnp.arange(12.0).reshape(2, 3, 2), {}, {})[0]
+        Array([[ 4.,  5.],
+               [10., 11.]], dtype=float32)
+    """
+
+    dim: int
+    index: int | tuple[int, ...] = field(converter=lambda i: tuple(i) if isinstance(i, list) else i)
+
+    def __post_init__(self) -> None:
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not is_int(self.dim):
+            raise ConfigError(f"SelectDim: `dim` must be an int (a 0-based axis), got {self.dim!r}.")
+        if not (is_int(self.index) or (isinstance(self.index, tuple) and all(map(is_int, self.index)))):
+            raise ConfigError(f"SelectDim: `index` must be an int or a tuple of ints, got {self.index!r}.")
+
+    def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
+        del ps
+        shape = jnp.shape(x)
+        if not -len(shape) <= self.dim < len(shape):
+            raise ShapeError(self, f"axis {self.dim} is out of range for an input of shape {shape}.")
+        size = shape[self.dim]
+        indices = (self.index,) if isinstance(self.index, int) else self.index
+        if any(not -size <= i < size for i in indices):
+            raise ShapeError(self, f"index {self.index} is out of range for axis {self.dim} of size {size}.")
+        return jnp.take(x, jnp.asarray(self.index), axis=self.dim), st
+
+    def __repr__(self) -> str:
+        return f"SelectDim(dim={self.dim}, index={self.index})"
+
+
+class ReverseSequence(Layer):
+    """Reverses the input along one axis, as Lux's `ReverseSequence`.
+
+    Args:
+        dim: the axis to reverse (0-based; negative counts from the end). `None` (the
+            default) is the time axis of a batch-first sequence: axis 1, or axis 0 of a
+            1-D input, which is where Lux's default (its `ndims(x) - 1`, or 1 for a vector)
+            lands in luxjax's layout.
+
+    Inputs: any array with that axis. Returns the same shape.
+
+    `ps`: `{}`. `st`: `{}`.
+
+    Example:
+        >>> import jax.numpy as jnp, luxjax as lx
+        >>> lx.ReverseSequence()(jnp.array([1.0, 2.0, 3.0]), {}, {})[0]
+        Array([3., 2., 1.], dtype=float32)
+        >>> lx.ReverseSequence()(jnp.arange(6.0).reshape(1, 3, 2), {}, {})[0][0, :, 0]
+        Array([4., 2., 0.], dtype=float32)
+    """
+
+    dim: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dim is not None and (not isinstance(self.dim, int) or isinstance(self.dim, bool)):
+            raise ConfigError(f"ReverseSequence: `dim` must be None or an int (a 0-based axis), got {self.dim!r}.")
+
+    def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
+        del ps
+        ndim = jnp.ndim(x)
+        dim = (1 if ndim > 1 else 0) if self.dim is None else self.dim
+        if not -ndim <= dim < ndim:
+            raise ShapeError(self, f"axis {dim} is out of range for an input of shape {jnp.shape(x)}.")
+        return jnp.flip(x, axis=dim), st
+
+    def __repr__(self) -> str:
+        return "ReverseSequence()" if self.dim is None else f"ReverseSequence({self.dim})"

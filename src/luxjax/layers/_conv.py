@@ -44,9 +44,12 @@ class _ConvBase(Layer):
     use_bias: bool = True
     init_weight: Initializer | None = None
     init_bias: Initializer | None = None
+    cross_correlation: bool = True
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        if not isinstance(self.cross_correlation, bool):
+            raise ConfigError(f"{name}: `cross_correlation` must be True or False, got {self.cross_correlation!r}.")
         kernel = self.kernel_size
         if not isinstance(kernel, tuple) or not kernel:
             raise ConfigError(f"{name}: `kernel_size` must be an int or a non-empty tuple of ints, got {kernel!r}.")
@@ -80,6 +83,11 @@ class _ConvBase(Layer):
             ps["bias"] = init_b(key_b, (self.out_channels,), jnp.float32)
         return ps
 
+    def _kernel(self, ps: dict, dtype: Any) -> jax.Array:
+        """The weight in `dtype`, flipped along the spatial axes for a true convolution (`cross_correlation=False`)."""
+        w = ps["weight"].astype(dtype)
+        return w if self.cross_correlation else jnp.flip(w, axis=tuple(range(len(self.kernel_size))))
+
     def _finish(self, y: jax.Array, ps: dict) -> jax.Array:
         return bias_activation(y, ps["bias"] if self.use_bias else None, self.activation)
 
@@ -104,6 +112,8 @@ class _ConvBase(Layer):
 
     def __repr__(self) -> str:
         extra = "".join(f", {e}" for e in self._extra_repr())
+        if self.cross_correlation:  # Lux shows the flag, last, when it is not Lux's default (false)
+            extra += ", cross_correlation=True"
         return f"{type(self).__name__}({self.kernel_size}, {self.in_channels} => {self.out_channels}{extra})"
 
 
@@ -126,6 +136,11 @@ class Conv(_ConvBase):
         init_weight: `init(key, shape, dtype)` for the weight; default uniform on
             `[-1/sqrt(fan_in), 1/sqrt(fan_in)]` with `fan_in = in_channels // groups * prod(kernel_size)`.
         init_bias: `init(key, shape, dtype)` for the bias; default the same uniform.
+        cross_correlation: `True` (the default, as `jax.lax.conv` and PyTorch) slides the
+            kernel as it is; `False` flips it along the spatial axes first: a true
+            convolution, which is Lux's default. Lux's default display therefore differs:
+            luxjax shows `cross_correlation=True` as Lux does whenever it is on. To run a
+            Lux-trained `Conv` (same weight layout), build it with `cross_correlation=False`.
 
     Inputs: `x` of shape `(batch, *spatial, in_channels)`. Returns `(batch, *out_spatial, out_channels)`.
 
@@ -136,7 +151,7 @@ class Conv(_ConvBase):
         >>> import jax, jax.numpy as jnp, luxjax as lx
         >>> model = lx.Conv((3, 3), 1, 16, jax.nn.relu, padding=1, stride=2)
         >>> model
-        Conv((3, 3), 1 => 16, relu, padding=1, stride=2)
+        Conv((3, 3), 1 => 16, relu, padding=1, stride=2, cross_correlation=True)
         >>> ps, st = lx.setup(jax.random.key(0), model)
         >>> ps["weight"].shape
         (3, 3, 1, 16)
@@ -153,7 +168,7 @@ class Conv(_ConvBase):
         check_window_fits(self, shape, pads, window, "kernel (dilated size)")
         y = jax.lax.conv_general_dilated(
             x,
-            ps["weight"].astype(x.dtype),
+            self._kernel(ps, x.dtype),
             window_strides=self.stride,
             padding=pads,
             rhs_dilation=self.dilation,
@@ -187,6 +202,10 @@ class ConvTranspose(_ConvBase):
         init_weight: `init(key, shape, dtype)` for the weight; default uniform on
             `[-1/sqrt(fan_in), 1/sqrt(fan_in)]` with `fan_in = in_channels // groups * prod(kernel_size)`.
         init_bias: `init(key, shape, dtype)` for the bias; default the same uniform.
+        cross_correlation: `True` (the default, PyTorch's `ConvTranspose`) is the transpose of
+            a cross-correlating `Conv`; `False` is the transpose of a true convolution (the
+            kernel flipped along the spatial axes), Lux's default. Use `False` for Lux-trained
+            weights; the display shows `cross_correlation=True` when it is on, as Lux's does.
 
     Inputs: `x` of shape `(batch, *spatial, in_channels)`. Returns `(batch, *out_spatial, out_channels)`.
 
@@ -198,7 +217,7 @@ class ConvTranspose(_ConvBase):
         >>> import jax, jax.numpy as jnp, luxjax as lx
         >>> model = lx.ConvTranspose((2, 2), 8, 4, stride=2)
         >>> model
-        ConvTranspose((2, 2), 8 => 4, stride=2)
+        ConvTranspose((2, 2), 8 => 4, stride=2, cross_correlation=True)
         >>> ps, st = lx.setup(jax.random.key(0), model)
         >>> ps["weight"].shape
         (2, 2, 4, 8)
@@ -249,8 +268,7 @@ class ConvTranspose(_ConvBase):
             )
         # As a direct convolution: dilate the input by the stride, flip the kernel, and
         # regroup the weight (*k, out/g, in) into HWIO (*k, in/g, out).
-        w = ps["weight"].astype(x.dtype)
-        w = jnp.flip(w, axis=tuple(range(n)))
+        w = jnp.flip(self._kernel(ps, x.dtype), axis=tuple(range(n)))
         w = jnp.reshape(w, (*self.kernel_size, self.out_channels // g, g, self.in_channels // g))
         w = jnp.moveaxis(w, (n, n + 1, n + 2), (n + 2, n + 1, n))
         w = jnp.reshape(w, (*self.kernel_size, self.in_channels // g, self.out_channels))

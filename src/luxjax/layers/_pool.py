@@ -1,4 +1,4 @@
-"""Pooling: `MaxPool`, `MeanPool`, their global and adaptive forms (channels-last)."""
+"""Pooling: `MaxPool`, `MeanPool`, `LPPool`, their global and adaptive forms (channels-last)."""
 
 import dataclasses
 import math
@@ -194,9 +194,12 @@ class _AdaptivePool(Layer):
             for i in range(out):
                 start, end = (i * size) // out, -((-(i + 1) * size) // out)
                 piece = jax.lax.slice_in_dim(x, start, end, axis=axis)
-                pieces.append(self._reduce(piece, axis=axis, keepdims=True))
+                pieces.append(self._reduce_axis(piece, axis))
             x = jnp.concatenate(pieces, axis=axis)
         return x, st
+
+    def _reduce_axis(self, x: jax.Array, axis: int) -> jax.Array:
+        return self._reduce(x, axis=axis, keepdims=True)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.out_size})"
@@ -248,3 +251,123 @@ class AdaptiveMeanPool(_AdaptivePool):
     """
 
     _reduce = staticmethod(jnp.mean)
+
+
+def _lp_norm(x: jax.Array, p: float, axis: Any, keepdims: bool = True) -> jax.Array:
+    return jnp.sum(jnp.abs(x) ** p, axis=axis, keepdims=keepdims) ** (1 / p)
+
+
+def _check_p(layer: Any) -> None:
+    if not (isinstance(layer.p, (int, float)) and not isinstance(layer.p, bool) and layer.p > 0):
+        raise ConfigError(f"{type(layer).__name__}: `p` must be a positive number, got {layer.p!r}.")
+
+
+def _p_repr(p: float) -> str:
+    return "" if p == 2 else f", p={p}"
+
+
+class LPPool(_Pool):
+    """The p-norm of each window of the spatial axes, `sum(|x| ** p) ** (1 / p)`, channel by channel (Lux's `LPPool`).
+
+    The same as PyTorch's `LPPool` and NNlib's `lpnormpool` wherever those are defined (they
+    raise `x` itself to the power `p`, so they need `x >= 0` unless `p` is an even integer).
+    Padded positions count as zeros.
+
+    Args:
+        window: an int or a tuple; its length is the number of spatial axes.
+        stride: an int or one per spatial axis; default the window.
+        padding: as for `Conv`.
+        p: the norm's exponent (default 2, as Lux).
+
+    Inputs: `(batch, *spatial, channels)`. Returns `(batch, *pooled, channels)`.
+
+    `ps`: `{}`. `st`: `{}`.
+
+    Example:
+        >>> import jax.numpy as jnp, luxjax as lx
+        >>> model = lx.LPPool(2)
+        >>> model
+        LPPool((2,))
+        >>> model(jnp.array([[[3.0], [4.0]]]), {}, {})[0][0, :, 0]
+        Array([5.], dtype=float32)
+    """
+
+    _: dataclasses.KW_ONLY
+    p: float = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_p(self)
+
+    def _reduce(self, x: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
+        total = jax.lax.reduce_window(jnp.abs(x) ** self.p, 0.0, jax.lax.add, **self._window_args(pads))
+        return total ** (1 / self.p)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f"{_p_repr(self.p)})"
+
+
+class GlobalLPPool(Layer):
+    """The p-norm over all spatial axes, keeping them as size 1, as Lux's `GlobalLPPool`.
+
+    Args:
+        p: the norm's exponent (default 2).
+
+    Inputs: `(batch, *spatial, channels)`. Returns `(batch, 1, ..., 1, channels)`.
+
+    `ps`: `{}`. `st`: `{}`.
+
+    Example:
+        >>> import jax.numpy as jnp, luxjax as lx
+        >>> lx.GlobalLPPool(p=1)(jnp.array([[[1.0], [-2.0]]]), {}, {})[0]
+        Array([[[3.]]], dtype=float32)
+    """
+
+    _: dataclasses.KW_ONLY
+    p: float = 2
+
+    def __post_init__(self) -> None:
+        _check_p(self)
+
+    def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
+        del ps
+        if jnp.ndim(x) < 3:
+            raise ShapeError(
+                self, f"expected input (batch, *spatial, channels) with a spatial axis, got shape {jnp.shape(x)}."
+            )
+        return _lp_norm(x, self.p, tuple(range(1, jnp.ndim(x) - 1))), st
+
+    def __repr__(self) -> str:
+        return f"GlobalLPPool({'' if self.p == 2 else f'p={self.p}'})"
+
+
+class AdaptiveLPPool(_AdaptivePool):
+    """The p-norm pooled to a fixed spatial output size, with `AdaptiveMaxPool`'s windows (Lux's `AdaptiveLPPool`).
+
+    Args:
+        out_size: an int or a tuple; its length is the number of spatial axes.
+        p: the norm's exponent (default 2).
+
+    Inputs: `(batch, *spatial, channels)`. Returns `(batch, *out_size, channels)`.
+
+    `ps`: `{}`. `st`: `{}`.
+
+    Example:
+        >>> import jax.numpy as jnp, luxjax as lx
+        >>> lx.AdaptiveLPPool(1)(jnp.array([[[3.0], [4.0]]]), {}, {})[0][0, :, 0]
+        Array([5.], dtype=float32)
+    """
+
+    _: dataclasses.KW_ONLY
+    p: float = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_p(self)
+
+    def _reduce_axis(self, x: jax.Array, axis: int) -> jax.Array:
+        # The p-norm is separable: pooling one axis at a time gives the norm over the window.
+        return _lp_norm(x, self.p, axis)
+
+    def __repr__(self) -> str:
+        return f"AdaptiveLPPool({self.out_size}{_p_repr(self.p)})"

@@ -34,6 +34,12 @@ def zeros(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> j
     return jnp.zeros(shape, dtype)
 
 
+def ones(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    """All ones (a module-level function, so layers using it stay equal by value)."""
+    del key
+    return jnp.ones(shape, dtype)
+
+
 def standard_normal(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
     """Standard normal, as Lux's `randn32`."""
     return jax.random.normal(key, shape, dtype)
