@@ -40,7 +40,7 @@ from ._checkpoint import (
     encode,
     train_state_parts,
 )
-from ._train_state import TrainState, optimizer_promotion, reduce_ties
+from ._train_state import TrainState, optimizer_promotion, optimizer_shardings, reduce_ties
 
 ShardingRule = Sharding | Callable[[str, jax.ShapeDtypeStruct], Sharding]
 _ARRAYS, _HEADER = "arrays", "luxjax"
@@ -116,9 +116,15 @@ def _fingerprint(x: jax.Array) -> jax.Array:
     return jnp.sum(words * (index * np.uint32(2) + np.uint32(1)), dtype=jnp.uint32)
 
 
-@jax.jit
-def _fingerprints(arrays: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    return {name: _fingerprint(x) for name, x in arrays.items()}
+_fingerprint_all = jax.jit(lambda arrays: {name: _fingerprint(x) for name, x in arrays.items()})
+
+
+def _fingerprints(arrays: dict[str, jax.Array]) -> dict[str, int]:
+    """The fingerprint of each array, one compiled call per set of devices the arrays live on."""
+    groups: dict[frozenset[int], dict[str, jax.Array]] = {}
+    for name, x in arrays.items():
+        groups.setdefault(frozenset(d.id for d in x.sharding.device_set), {})[name] = x
+    return {name: int(value) for group in groups.values() for name, value in _fingerprint_all(group).items()}
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -140,7 +146,7 @@ def _save(path: str | os.PathLike, trees: dict[str, Any], extra: dict[str, Any],
         )
     encoder = _ArrayEncoder(who)
     header = encode(encoder, trees, extra)
-    header["fingerprints"] = {name: int(value) for name, value in _fingerprints(encoder.arrays).items()}
+    header["fingerprints"] = _fingerprints(encoder.arrays)
     ocp = _orbax()
     _checkpointer().save(
         target, ocp.args.Composite(arrays=ocp.args.StandardSave(encoder.arrays), luxjax=ocp.args.JsonSave(header))
@@ -267,7 +273,7 @@ class _Checkpoint:
         arrays = dict(arrays[_ARRAYS])
         if verify:
             for name, value in _fingerprints(arrays).items():
-                if int(value) != self.fingerprints[name]:
+                if value != self.fingerprints[name]:
                     place = next(p for tree in self.nodes for n, p in self.places(tree).items() if n == name)
                     raise CheckpointError(
                         f"{self.who}: {self.where} is damaged: the array at {place} (tensor {name!r}) does not "
@@ -379,8 +385,8 @@ def load_train_state_sharded(
     """Reads a `TrainState` written by `save_train_state_sharded`, onto the shardings asked for.
 
     `sharding` places the parameters and states, as for `load_sharded`; the optimizer state
-    follows the parameters, laid out as `TrainState` lays it out (`optimizer.init` compiled on
-    parameters of those shardings), so adam's moments are sharded like their parameters.
+    follows the parameters, laid out as `TrainState` lays it out: adam's moments are sharded
+    like their parameters, step counts replicated.
     Nothing is initialised and then overwritten: each array is read once, into place.
 
     Raises:
@@ -416,7 +422,7 @@ def load_train_state_sharded(
     with optimizer_promotion():
         template = jax.eval_shape(optimizer.init, reduced)
         check_optimizer_state(who, checkpoint.where, header, template)
-        layout = jax.jit(optimizer.init).lower(reduced).compile().output_shardings
+    layout = optimizer_shardings(template, reduced)
     for node, leaf_sharding in zip(checkpoint.nodes["optimizer_state"]["items"], jax.tree.leaves(layout)):
         if node["t"] in ("array", "key"):
             shardings.setdefault(node["name"], leaf_sharding)

@@ -11,7 +11,18 @@ from typing import Any
 import jax
 import optax
 
-from ..core import Groups, Layer, NotALayerError, replace_at, share_parameters, testmode, tie, tied_groups
+from ..core import (
+    Groups,
+    KeyPath,
+    Layer,
+    NotALayerError,
+    leaves_with_paths,
+    replace_at,
+    share_parameters,
+    testmode,
+    tie,
+    tied_groups,
+)
 
 
 @contextlib.contextmanager
@@ -53,6 +64,40 @@ def own(*trees: Any) -> tuple[Any, ...]:
     for i, copy in zip(places, jax.device_put([leaves[i] for i in places], may_alias=False)):
         leaves[i] = copy
     return jax.tree.unflatten(treedef, leaves)
+
+
+def optimizer_shardings(state: Any, reduced: Any) -> Any:
+    """Where each leaf of the optimizer state `state` (arrays or shapes) for the parameters `reduced` lives.
+
+    A leaf at a path that ends with a parameter's path and has its shape (adam's `mu` and
+    `nu`, momentum traces) takes that parameter's sharding; any other leaf (step counts) is
+    replicated on the devices of the first parameter. `None` when no parameter has a sharding.
+    `jax.jit(optimizer.init)` alone cannot say this: optax builds moments with `zeros_like`,
+    which does not read the parameters, so XLA puts them all on the default device.
+    """
+    by_path = {
+        path: leaf.sharding
+        for path, leaf in leaves_with_paths(reduced)
+        if isinstance(getattr(leaf, "sharding", None), jax.sharding.Sharding)
+    }
+    if not by_path:
+        return None
+    first = next(iter(by_path.values()))
+    if isinstance(first, jax.sharding.NamedSharding):
+        default: jax.sharding.Sharding = jax.sharding.NamedSharding(first.mesh, jax.sharding.PartitionSpec())
+    else:
+        default = jax.sharding.SingleDeviceSharding(min(first.device_set, key=lambda d: d.id))
+    shapes = {path: leaf.shape for path, leaf in leaves_with_paths(reduced)}
+
+    def choose(jax_path: Any, leaf: Any) -> jax.sharding.Sharding:
+        path = KeyPath.from_jax(jax_path)
+        for start in range(len(path)):
+            tail = KeyPath(*path[start:])
+            if tail in by_path and shapes[tail] == leaf.shape:
+                return by_path[tail]
+        return default
+
+    return jax.tree_util.tree_map_with_path(choose, state)
 
 
 # Second-level cache, for TrainStates rebuilt from their pytree (which start with an empty
@@ -171,9 +216,10 @@ class TrainState:
             ps = share_parameters(ps, ties)
         groups = tied_groups(ps)
         reduced, st = own(reduce_ties(ps, groups), st)
-        # jit so that the moments follow the parameters' shardings (and are not on one device).
+        # the moments are made where their parameters are (never a full copy on one device)
         with optimizer_promotion():
-            optimizer_state = jax.jit(optimizer.init)(reduced)
+            layout = optimizer_shardings(jax.eval_shape(optimizer.init, reduced), reduced)
+            optimizer_state = jax.jit(optimizer.init, out_shardings=layout)(reduced)
         parameters = expand_ties(reduced, groups)
         _set(self, model, reduced, parameters, st, optimizer, optimizer_state, 0, groups, {})
 
