@@ -83,6 +83,8 @@ SCRIPT = textwrap.dedent(
     sharded_ps["d3"] = sharded_ps["d2"]  # the tie, by identity, as share_parameters makes it
     ts = TrainState(model, sharded_ps, place(st, four, "st."), optax.adam(0.05))
     assert len(ts.parameters["d1"]["weight"].sharding.device_set) == 4
+    # the moments are made where their parameters are, not on one device
+    assert ts.optimizer_state[0].mu["d1"]["weight"].sharding == ts.parameters["d1"]["weight"].sharding
     for _ in range(3):
         _, _, _, ts = single_train_step(mse, data, ts)
     path = os.path.join(folder, "state")
