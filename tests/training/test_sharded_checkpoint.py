@@ -247,3 +247,8 @@ def test_dtypes_and_python_leaves_survive(tmp_path):
         np.testing.assert_array_equal(np.asarray(ps2[k]), np.asarray(ps[k]))
     assert (st2["count"], st2["name"], st2["none"]) == (3, "x", None)
     np.testing.assert_array_equal(jax.random.key_data(st2["keys"]), jax.random.key_data(st["keys"]))
+
+
+def test_trees_without_arrays(tmp_path):
+    save_sharded(tmp_path / "e", {}, {"n": 3, "training": lx.Training(False)})
+    assert load_sharded(tmp_path / "e") == ({}, {"n": 3, "training": lx.Training(False)})

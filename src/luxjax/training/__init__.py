@@ -1,5 +1,7 @@
 """Training helpers after Lux's `Lux.Training`: a train state, compiled train and eval steps, checkpoints.
 
+Checkpoints are one safetensors file on one host (`save`, `save_train_state`), or an Orbax
+folder written shard by shard for sharded states (`save_sharded`, `save_train_state_sharded`).
 Ties between parameters (`luxjax.experimental.share_parameters`) survive all of them.
 """
 

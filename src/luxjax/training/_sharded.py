@@ -148,9 +148,10 @@ def _save(path: str | os.PathLike, trees: dict[str, Any], extra: dict[str, Any],
     header = encode(encoder, trees, extra)
     header["fingerprints"] = _fingerprints(encoder.arrays)
     ocp = _orbax()
-    _checkpointer().save(
-        target, ocp.args.Composite(arrays=ocp.args.StandardSave(encoder.arrays), luxjax=ocp.args.JsonSave(header))
-    )
+    items = {_HEADER: ocp.args.JsonSave(header)}
+    if encoder.arrays:  # Orbax refuses an empty item
+        items[_ARRAYS] = ocp.args.StandardSave(encoder.arrays)
+    _checkpointer().save(target, ocp.args.Composite(**items))
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -169,8 +170,9 @@ class _Checkpoint:
         ocp = _orbax()
         checkpointer = _checkpointer()
         try:
-            header = checkpointer.restore(self.path, ocp.args.Composite(luxjax=ocp.args.JsonRestore()))[_HEADER]
-            stored = checkpointer.metadata(self.path).item_metadata[_ARRAYS].tree
+            header = checkpointer.restore(self.path, ocp.args.Composite(**{_HEADER: ocp.args.JsonRestore()}))[_HEADER]
+            items = checkpointer.metadata(self.path).item_metadata
+            stored = items[_ARRAYS].tree if items.get(_ARRAYS) is not None else {}
         except Exception as error:  # Orbax raises many kinds; all mean the same thing here
             raise CheckpointError(
                 f"{who}: {where} is not a sharded luxjax checkpoint: Orbax cannot read it ({error})."
@@ -266,11 +268,13 @@ class _Checkpoint:
         targets = {
             name: jax.ShapeDtypeStruct(*self.stored[name], sharding=sharding) for name, sharding in shardings.items()
         }
-        try:
-            arrays = _checkpointer().restore(self.path, ocp.args.Composite(arrays=ocp.args.StandardRestore(targets)))
-        except Exception as error:
-            raise CheckpointError(f"{self.who}: cannot read the arrays of {self.where}: {error}") from error
-        arrays = dict(arrays[_ARRAYS])
+        arrays = {}
+        if targets:
+            try:
+                items = ocp.args.Composite(**{_ARRAYS: ocp.args.StandardRestore(targets)})
+                arrays = dict(_checkpointer().restore(self.path, items)[_ARRAYS])
+            except Exception as error:
+                raise CheckpointError(f"{self.who}: cannot read the arrays of {self.where}: {error}") from error
         if verify:
             for name, value in _fingerprints(arrays).items():
                 if value != self.fingerprints[name]:
