@@ -34,6 +34,7 @@ from ._checkpoint import (
     _short,
     _storage,
     _where,
+    _x64,
     check_like,
     check_model,
     check_optimizer_state,
@@ -196,6 +197,12 @@ class _Checkpoint:
         for tree, node in header["tree"].items():
             reader.check(node, tree, KeyPath())
         reader.check_consistent(header)
+        if reader.wide and not _x64():
+            raise CheckpointError(
+                f"{who}: {where} holds 64-bit arrays (the first: the {reader.wide}), and JAX's 64-bit mode is off, "
+                "so they would be narrowed to 32 bits. Enable it before loading "
+                "(`jax.config.update('jax_enable_x64', True)`)."
+            )
         for name, (kind, what) in reader.uses.items():
             if kind == "array" and self.stored[name][1] != _DTYPE[what]:
                 raise CheckpointError(
