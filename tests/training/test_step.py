@@ -376,6 +376,18 @@ def test_issue_15_arrays_given_to_replace_survive_training(key, data):
     assert after.step == 1
 
 
+def test_issue_15_prng_keys_given_to_the_state_survive_training(key, data):
+    model = lx.Chain(lx.Dense(3, 1), lx.Dropout(0.5))
+    ps, st = lx.setup(key, model)
+    before = jax.random.key_data(st["layer_2"]["key"])
+    ts = TrainState(model, ps, st, optax.adam(0.05))
+    for _ in range(2):
+        _, _, _, ts = single_train_step(mse, data, ts)
+    assert not st["layer_2"]["key"].is_deleted()
+    np.testing.assert_array_equal(jax.random.key_data(st["layer_2"]["key"]), before)
+    assert not jnp.array_equal(jax.random.key_data(ts.states["layer_2"]["key"]), before)  # the state's key moved on
+
+
 def test_issue_15_eval_step_keeps_the_state_and_compiles_once(key, data):
     traces = []
 

@@ -396,11 +396,16 @@ def _serialise(tensors: list[tuple[str, np.ndarray]], header: str) -> tuple[byte
     return head, data
 
 
-def _save(path: str | os.PathLike, trees: dict[str, Any], extra: dict[str, Any], who: str) -> None:
-    encoder = _Encoder(who)
+def encode(encoder: _Encoder, trees: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The luxjax header of `trees` (the tree as JSON, ties, `extra`); `encoder` collects the tensors."""
     tree = {name: encoder.encode(value, name, KeyPath()) for name, value in trees.items()}
     ties = [[str(p) for p in group] for group in tied_groups(trees["ps"])]
-    header = {"format": FORMAT, "version": VERSION, "tree": tree, "ties": ties, **extra}
+    return {"format": FORMAT, "version": VERSION, "tree": tree, "ties": ties, **extra}
+
+
+def _save(path: str | os.PathLike, trees: dict[str, Any], extra: dict[str, Any], who: str) -> None:
+    encoder = _Encoder(who)
+    header = encode(encoder, trees, extra)
     head, data = _serialise(encoder.tensors, json.dumps(header, separators=(",", ":")))
 
     def write(f: IO[bytes]) -> None:
@@ -844,22 +849,69 @@ def load(path: str | os.PathLike, *, like: Any = None, verify: bool = True) -> t
     if "optimizer_state" in tree:
         raise CheckpointError(f"load: {where} holds a train state, not only `ps` and `st`; use `load_train_state`.")
     if like is not None:
-        if isinstance(like, Layer):
-            expected = {"ps": abstract_init(like, "params"), "st": abstract_init(like, "state")}
-            words = _model_words({"repr": repr(like), "parameters": parameter_count(like), "states": state_count(like)})
-        elif type(like) is tuple and len(like) == 2:
-            expected = {"ps": like[0], "st": like[1]}
-            words = _model_words(_model_description(None, *like), unnamed="trees")
-        else:
-            raise TypeError(f"load: `like` must be a luxjax Layer or a pair (ps, st) of trees, got {like!r}.")
-        problem = _first_misfit(expected, {"ps": tree["ps"], "st": tree["st"]})
-        if problem:
-            place, want, have = problem
-            raise CheckpointError(
-                f"load: {where} does not fit `like`: at {place} `like` has {want} but the file holds {have}. "
-                f"The file was saved for {_model_words(header['model'])}; `like` is {words}."
-            )
+        check_like("load", where, header, like)
     return tree["ps"], tree["st"]
+
+
+def check_like(who: str, where: str, header: dict[str, Any], like: Any) -> None:
+    """Raises a `CheckpointError` unless the `ps` and `st` of `header["tree"]` fit `like` (a model or a pair)."""
+    tree = header["tree"]
+    if isinstance(like, Layer):
+        expected = {"ps": abstract_init(like, "params"), "st": abstract_init(like, "state")}
+        words = _model_words({"repr": repr(like), "parameters": parameter_count(like), "states": state_count(like)})
+    elif type(like) is tuple and len(like) == 2:
+        expected = {"ps": like[0], "st": like[1]}
+        words = _model_words(_model_description(None, *like), unnamed="trees")
+    else:
+        raise TypeError(f"{who}: `like` must be a luxjax Layer or a pair (ps, st) of trees, got {like!r}.")
+    problem = _first_misfit(expected, {"ps": tree["ps"], "st": tree["st"]})
+    if problem:
+        place, want, have = problem
+        raise CheckpointError(
+            f"{who}: {where} does not fit `like`: at {place} `like` has {want} but the file holds {have}. "
+            f"The file was saved for {_model_words(header['model'])}; `like` is {words}."
+        )
+
+
+def check_model(who: str, where: str, header: dict[str, Any], model: Layer) -> None:
+    """Raises a `CheckpointError` unless the `ps` and `st` of `header["tree"]` fit `model`."""
+    tree = header["tree"]
+    saved = _model_words(header["model"])
+    expected = {"ps": abstract_init(model, "params"), "st": abstract_init(model, "state")}
+    problem = _first_misfit(expected, {"ps": tree["ps"], "st": tree["st"]})
+    if problem:
+        place, want, have = problem
+        words = _model_words({"repr": repr(model), "parameters": parameter_count(model), "states": state_count(model)})
+        raise CheckpointError(
+            f"{who}: {where} does not fit `model`: at {place} `model` has {want} but the file holds {have}. "
+            f"The file was saved for {saved}; `model` is {words}."
+        )
+
+
+def check_optimizer_state(who: str, where: str, header: dict[str, Any], state: Any) -> None:
+    """Raises a `CheckpointError` unless the optimizer state leaves of `header` fit `state` (arrays or shapes)."""
+    template = jax.tree_util.tree_flatten_with_path(state)[0]
+    leaves = header["tree"]["optimizer_state"]
+    wrong = next(
+        (i for i, ((_, x), y) in enumerate(zip(template, leaves)) if _difference(x, y, KeyPath()) is not None),
+        None,
+    )
+    if wrong is not None or len(template) != len(leaves):
+        found = header["optimizer"] or f"{len(leaves)} leaves"
+        found = found if len(found) <= 400 else found[:397] + "..."
+        if wrong is None:
+            first = f"`optimizer` keeps {len(template)} leaves, the file {len(leaves)}"
+        else:
+            place = _where("optimizer_state", KeyPath.from_jax(template[wrong][0]))
+            first = (
+                f"The first difference is at {place}: `optimizer` keeps {_describe(template[wrong][1])}, "
+                f"the file holds {_describe(leaves[wrong])}"
+            )
+        raise CheckpointError(
+            f"{who}: the optimizer state in {where} does not fit `optimizer`: the file holds {found}, "
+            f"but `optimizer` keeps {_describe_state(state)}. {first}. Pass the optimizer the run "
+            "was saved with."
+        )
 
 
 def save_train_state(path: str | os.PathLike, ts: TrainState) -> None:
@@ -880,16 +932,21 @@ def save_train_state(path: str | os.PathLike, ts: TrainState) -> None:
         >>> load_train_state(path, model, optax.adam(1e-3)).step
         7
     """
+    _save(path, *train_state_parts("save_train_state", ts), "save_train_state")
+
+
+def train_state_parts(who: str, ts: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trees a checkpoint of `ts` holds and its header's other entries, once `ts` is checked."""
     if not isinstance(ts, TrainState):
-        raise TypeError(f"save_train_state: `ts` must be a TrainState, got {type(ts).__name__}.")
-    _check_fits("save_train_state", ts.model, {"ps": ts.parameters, "st": ts.states})
+        raise TypeError(f"{who}: `ts` must be a TrainState, got {type(ts).__name__}.")
+    _check_fits(who, ts.model, {"ps": ts.parameters, "st": ts.states})
     extra = {
         "model": _model_description(ts.model, ts.parameters, ts.states),
         "step": ts.step,
         "optimizer": _describe_state(ts.optimizer_state),
     }
     trees = {"ps": ts.parameters, "st": ts.states, "optimizer_state": jax.tree.leaves(ts.optimizer_state)}
-    _save(path, trees, extra, "save_train_state")
+    return trees, extra
 
 
 def load_train_state(
@@ -922,37 +979,8 @@ def load_train_state(
     where = repr(os.fspath(path))
     if "optimizer_state" not in tree:
         raise CheckpointError(f"load_train_state: {where} holds only `ps` and `st`; use `load`.")
-    saved = _model_words(header["model"])
-    expected = {"ps": abstract_init(model, "params"), "st": abstract_init(model, "state")}
-    problem = _first_misfit(expected, {"ps": tree["ps"], "st": tree["st"]})
-    if problem:
-        place, want, have = problem
-        words = _model_words({"repr": repr(model), "parameters": parameter_count(model), "states": state_count(model)})
-        raise CheckpointError(
-            f"load_train_state: {where} does not fit `model`: at {place} `model` has {want} but the file holds {have}. "
-            f"The file was saved for {saved}; `model` is {words}."
-        )
+    check_model("load_train_state", where, header, model)
     ts = TrainState(model, tree["ps"], tree["st"], optimizer)
-    template, treedef = jax.tree_util.tree_flatten_with_path(ts.optimizer_state)
-    leaves = tree["optimizer_state"]
-    wrong = next(
-        (i for i, ((_, x), y) in enumerate(zip(template, leaves)) if _difference(x, y, KeyPath()) is not None),
-        None,
-    )
-    if wrong is not None or len(template) != len(leaves):
-        found = header["optimizer"] or f"{len(leaves)} leaves"
-        found = found if len(found) <= 400 else found[:397] + "..."
-        if wrong is None:
-            first = f"`optimizer` keeps {len(template)} leaves, the file {len(leaves)}"
-        else:
-            place = _where("optimizer_state", KeyPath.from_jax(template[wrong][0]))
-            first = (
-                f"The first difference is at {place}: `optimizer` keeps {_describe(template[wrong][1])}, "
-                f"the file holds {_describe(leaves[wrong])}"
-            )
-        raise CheckpointError(
-            f"load_train_state: the optimizer state in {where} does not fit `optimizer`: the file holds {found}, "
-            f"but `optimizer` keeps {_describe_state(ts.optimizer_state)}. {first}. Pass the optimizer the run "
-            "was saved with."
-        )
-    return ts.replace(optimizer_state=jax.tree.unflatten(treedef, leaves), step=header["step"])
+    check_optimizer_state("load_train_state", where, header, ts.optimizer_state)
+    treedef = jax.tree.structure(ts.optimizer_state)
+    return ts.replace(optimizer_state=jax.tree.unflatten(treedef, tree["optimizer_state"]), step=header["step"])

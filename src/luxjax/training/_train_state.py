@@ -10,9 +10,20 @@ from typing import Any
 
 import jax
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
-from ..core import Groups, Layer, NotALayerError, replace_at, share_parameters, testmode, tie, tied_groups
+from ..core import (
+    Groups,
+    KeyPath,
+    Layer,
+    NotALayerError,
+    leaves_with_paths,
+    replace_at,
+    share_parameters,
+    testmode,
+    tie,
+    tied_groups,
+)
 
 
 @contextlib.contextmanager
@@ -89,22 +100,38 @@ def constrain(tree: Any, where: Any) -> Any:
     return jax.tree.unflatten(treedef, held)
 
 
-def _init_optimizer(optimizer: optax.GradientTransformation, reduced: Any) -> Any:
-    """The optimizer state, created where the parameters are: moments split as their parameters are."""
-    where = placement(reduced)
-    if where is None:
-        return jax.jit(optimizer.init)(reduced)
-    shardings = jax.tree.map(lambda leaf: leaf.sharding, reduced)
-    mesh = next(s.mesh for s in where[0][1] if s is not None)
-    out = optax.tree_map_params(
-        optimizer,
-        lambda _, sharding: sharding,
-        jax.eval_shape(optimizer.init, reduced),
-        shardings,
-        transform_non_params=lambda _: NamedSharding(mesh, PartitionSpec()),
-        is_leaf=lambda x: isinstance(x, jax.sharding.Sharding),
-    )
-    return jax.jit(optimizer.init, out_shardings=out)(reduced)
+def optimizer_shardings(state: Any, reduced: Any) -> Any:
+    """Where each leaf of the optimizer state `state` (arrays or shapes) for the parameters `reduced` lives.
+
+    A leaf at a path that ends with a parameter's path and has its shape (adam's `mu` and
+    `nu`, momentum traces) takes that parameter's sharding; any other leaf (step counts) is
+    replicated on the devices of the first parameter. `None` when no parameter has a sharding.
+    `jax.jit(optimizer.init)` alone cannot say this: optax builds moments with `zeros_like`,
+    which does not read the parameters, so XLA puts them all on the default device.
+    """
+    by_path = {
+        path: leaf.sharding
+        for path, leaf in leaves_with_paths(reduced)
+        if isinstance(getattr(leaf, "sharding", None), jax.sharding.Sharding)
+    }
+    if not by_path:
+        return None
+    first = next(iter(by_path.values()))
+    if isinstance(first, jax.sharding.NamedSharding):
+        default: jax.sharding.Sharding = jax.sharding.NamedSharding(first.mesh, jax.sharding.PartitionSpec())
+    else:
+        default = jax.sharding.SingleDeviceSharding(min(first.device_set, key=lambda d: d.id))
+    shapes = {path: leaf.shape for path, leaf in leaves_with_paths(reduced)}
+
+    def choose(jax_path: Any, leaf: Any) -> jax.sharding.Sharding:
+        path = KeyPath.from_jax(jax_path)
+        for start in range(len(path)):
+            tail = KeyPath(*path[start:])
+            if tail in by_path and shapes[tail] == leaf.shape:
+                return by_path[tail]
+        return default
+
+    return jax.tree_util.tree_map_with_path(choose, state)
 
 
 # Second-level cache, for TrainStates rebuilt from their pytree (which start with an empty
@@ -234,8 +261,10 @@ class TrainState:
             ps = share_parameters(ps, ties)
         groups = tied_groups(ps)
         reduced, st = own(reduce_ties(ps, groups), st)
+        # the moments are made where their parameters are (never a full copy on one device)
         with optimizer_promotion():
-            optimizer_state = _init_optimizer(optimizer, reduced)
+            layout = optimizer_shardings(jax.eval_shape(optimizer.init, reduced), reduced)
+            optimizer_state = jax.jit(optimizer.init, out_shardings=layout)(reduced)
         parameters = expand_ties(reduced, groups)
         where = placement(reduced, st, optimizer_state)
         _set(self, model, reduced, parameters, st, optimizer, optimizer_state, 0, groups, {}, where)
