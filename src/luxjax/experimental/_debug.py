@@ -228,6 +228,9 @@ class DebugLayer(WrapperLayer):
     checks: tuple[Check, ...] | None = None
     held_only: bool = False
 
+    # Its checks fail compiled code at run time: a `Stacked` around it re-raises them eagerly.
+    checks_at_run_time: ClassVar[bool] = True
+
     def __post_init__(self) -> None:
         check_layer_argument("DebugLayer", self.layer, "`layer`")
         derived = checks_for("DebugLayer", self.nan_check, self.error_check, self.check_inf)
