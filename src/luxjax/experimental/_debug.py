@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -152,6 +153,41 @@ def _floating(leaf: Any) -> bool:
     return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact) and jnp.size(leaf) > 0
 
 
+# Values a check has looked at (by identity, while they live), with the kinds it looked for. A
+# layer's input is mostly the previous layer's checked output, and a layer's incoming gradient
+# the next one's checked input gradient: those are not checked again (the earlier check, first
+# in program order, is the one that reports), which saves a pass over each.
+_CHECKED: dict[int, tuple[weakref.ref, frozenset[str]]] = {}
+_PASSED_ON = ("incoming gradient of output",)
+
+
+def _kinds(checks: list[ValueCheck]) -> frozenset[str]:
+    return frozenset(check.kind for check in checks)
+
+
+def _floats(tree: Any) -> list[Any]:
+    return [leaf for leaf in jax.tree.leaves(tree) if _floating(leaf)]
+
+
+def _mark_checked(tree: Any, checks: list[ValueCheck]) -> None:
+    kinds = _kinds(checks)
+    if not kinds:
+        return
+    for leaf in _floats(tree):
+        key = id(leaf)
+
+        def forget(ref: weakref.ref, key: int = key) -> None:
+            if _CHECKED.get(key, (None,))[0] is ref:
+                del _CHECKED[key]
+
+        _CHECKED[key] = (weakref.ref(leaf, forget), kinds)
+
+
+def _already_checked(leaf: Any, kinds: frozenset[str]) -> bool:
+    entry = _CHECKED.get(id(leaf))
+    return entry is not None and entry[0]() is leaf and kinds <= entry[1]
+
+
 def _without_checks(layer: Layer) -> Layer:
     if isinstance(layer, DebugLayer):
         return _without_checks(layer.layer)
@@ -272,12 +308,15 @@ class DebugLayer(WrapperLayer):
     def _scan(self, trees: list[tuple[str, Any]], pass_: str) -> tuple[list[Found], list[Any]]:
         """Flags per floating leaf and check; raises at once when every flag is already known."""
         checks = self._value_checks(pass_)
+        kinds = frozenset(check.kind for check in checks)
         found: list[Found] = []
         flags: list[Any] = []
         for what, tree in trees if checks else ():
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
                 if not (hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)):
                     continue
+                if what in _PASSED_ON and _already_checked(leaf, kinds):
+                    continue  # the previous layer's output (or its input gradient), checked there first
                 inside = str(KeyPath.from_jax(path))
                 for check in checks:
                     found.append((check.kind, what, inside))
@@ -360,14 +399,20 @@ class DebugLayer(WrapperLayer):
         children = self.layer.children()
         return {name: value for name, value in tree.items() if name not in children}
 
-    def _forward(self, run: Callable, x: Any, ps: Any, st: Any, blocks: jax.Array) -> tuple[Any, Any, Any]:
-        """Runs `run(x, ps, st) -> ((y, new_st), extra)` inside the forward checks: `((y, new_st), extra, answer)`."""
+    def _forward(
+        self, run: Callable, x: Any, ps: Any, st: Any, blocks: jax.Array, fresh: bool = True
+    ) -> tuple[Any, Any, Any]:
+        """Runs `run(x, ps, st) -> ((y, new_st), extra)` inside the forward checks: `((y, new_st), extra, answer)`.
+
+        `fresh`: whether the input is new to the checks (not a checked output of another layer).
+        """
         if self.held_only:
             return self._held_forward(run, x, ps, st, blocks)
-        found, flags = self._scan([("input", x), ("parameters", ps), ("states", st)], "forward")
+        found, flags = self._scan([("input", x)] * fresh + [("parameters", ps), ("states", st)], "forward")
         (y, new_st), extra = run(x, ps, st)
         more_found, more_flags = self._scan([("output", y), ("new state", new_st)], "forward")
         y, failed = self._emit(found + more_found, flags + more_flags, "forward", y, blocks)
+        _mark_checked(y, self._value_checks("forward"))  # what the next layer gets inside a differentiated step
         return (y, new_st), extra, failed
 
     def _held_forward(self, run: Callable, x: Any, ps: Any, st: Any, blocks: jax.Array) -> tuple[Any, Any, Any]:
@@ -385,19 +430,25 @@ class DebugLayer(WrapperLayer):
         return (y, new_st), extra, failed
 
     def __call__(self, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
+        # Decided here, on the values the caller passes (inside the custom VJP they are new ones).
+        fresh = not all(_already_checked(leaf, _kinds(self._value_checks("forward"))) for leaf in _floats(x))
         if not self._value_checks("backward") and not self._annotates("backward"):
-            return self._forward(lambda *args: (self._run(*args), None), x, ps, st, running_indices())[0]
-        # The block indices are read here, while the enclosing stacks run; the backward pass
-        # (traced later, outside their loops) gets them as an input of the custom VJP.
-        return self._checked_vjp()(x, ps, st, running_indices())
+            out = self._forward(lambda *args: (self._run(*args), None), x, ps, st, running_indices(), fresh)[0]
+        else:
+            # The block indices are read here, while the enclosing stacks run; the backward pass
+            # (traced later, outside their loops) gets them as an input of the custom VJP.
+            out = self._checked_vjp(fresh)(x, ps, st, running_indices())
+        if not self.held_only:  # what the next layer gets (the custom VJP's output is a new value)
+            _mark_checked(out[0], self._value_checks("forward"))
+        return out
 
-    def _checked_vjp(self) -> Callable:
+    def _checked_vjp(self, fresh: bool) -> Callable:
         @jax.custom_vjp
         def run(x: Any, ps: Any, st: Any, blocks: jax.Array) -> tuple[Any, Any]:
-            return self._forward(lambda *args: (self._run(*args), None), x, ps, st, blocks)[0]
+            return self._forward(lambda *args: (self._run(*args), None), x, ps, st, blocks, fresh)[0]
 
         def run_fwd(x: Any, ps: Any, st: Any, blocks: jax.Array) -> tuple[tuple[Any, Any], Any]:
-            out, vjp, failed = self._forward(lambda *args: jax.vjp(self._run, *args), x, ps, st, blocks)
+            out, vjp, failed = self._forward(lambda *args: jax.vjp(self._run, *args), x, ps, st, blocks, fresh)
             # The forward check's answer is a residual that the backward check waits for, so
             # every backward check runs after it, even where the output itself is unused.
             forward_failed = jnp.zeros((), jnp.bool_) if failed is None else failed
@@ -430,6 +481,8 @@ class DebugLayer(WrapperLayer):
             checked = self._emit(
                 found + more_found, flags + more_flags, "backward", grads, blocks, forward_failed, _keep_alive
             )[0]
+            if not self.held_only:
+                _mark_checked(checked[0], self._value_checks("backward"))
             return (*checked, None)  # the block indices are integers: no gradient
 
         run.defvjp(run_fwd, run_bwd)
