@@ -308,7 +308,7 @@ class DebugLayer(WrapperLayer):
     def _scan(self, trees: list[tuple[str, Any]], pass_: str) -> tuple[list[Found], list[Any]]:
         """Flags per floating leaf and check; raises at once when every flag is already known."""
         checks = self._value_checks(pass_)
-        kinds = frozenset(check.kind for check in checks)
+        kinds = _kinds(checks)
         found: list[Found] = []
         flags: list[Any] = []
         for what, tree in trees if checks else ():
@@ -316,7 +316,7 @@ class DebugLayer(WrapperLayer):
                 if not (hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)):
                     continue
                 if what in _PASSED_ON and _already_checked(leaf, kinds):
-                    continue  # the previous layer's output (or its input gradient), checked there first
+                    continue  # the next layer's input gradient, checked there first
                 inside = str(KeyPath.from_jax(path))
                 for check in checks:
                     found.append((check.kind, what, inside))
