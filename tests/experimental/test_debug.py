@@ -364,3 +364,83 @@ def test_fuzz_a_planted_nan_is_reported_at_exactly_its_layer(model, place, pick)
         jax.grad(loss)(ps, x)
     with pytest.raises(lxe.NaNError, match=expected):
         lxe.raise_nan_errors(jax.jit(jax.grad(loss)))(ps, x)
+
+
+# -- parameters a container holds itself ------------------------------------------------------------
+class ScaleAround(lx.ContainerLayer):
+    """`y = layer(x) * scale`: a learnable scale the container holds beside its child; with `poison`,
+    the scale's gradient is NaN."""
+
+    layer: lx.Layer
+    poison: bool = False
+
+    def init_params(self, key):
+        return {**super().init_params(key), "scale": jnp.ones((WIDTH,))}
+
+    def __call__(self, x, ps, st):
+        @jax.custom_vjp
+        def scale(y, s):
+            return y * s[None, :]
+
+        def bwd(res, g):
+            y, s = res
+            gs = jnp.sum(g * y, axis=0)
+            return g * s[None, :], (gs * jnp.nan if self.poison else gs)
+
+        scale.defvjp(lambda y, s: (scale(y, s), (y, s)), bwd)
+        y, st_layer = self.call("layer", x, ps, st)
+        return scale(y, ps["scale"]), {"layer": st_layer}
+
+
+def scaled_model(poison=False):
+    inner = lx.Chain(lx.Dense(WIDTH, WIDTH), ScaleAround(lx.Dense(WIDTH, WIDTH), poison))
+    return lx.Chain(lx.Dense(WIDTH, WIDTH), inner)
+
+
+def all_four_ways(debug, ps, st, expected):
+    x = jnp.ones((3, WIDTH))
+    loss = lambda ps: jnp.sum(debug(x, ps, st)[0])  # noqa: E731
+    with pytest.raises(lxe.NaNError, match=expected):
+        debug(x, ps, st)[0].block_until_ready()
+    with pytest.raises(lxe.NaNError, match=expected):
+        lxe.raise_nan_errors(jax.jit(debug))(x, ps, st)
+    with pytest.raises(lxe.NaNError, match=expected):
+        jax.grad(loss)(ps)
+    with pytest.raises(lxe.NaNError, match=expected):
+        lxe.raise_nan_errors(jax.jit(jax.grad(loss)))(ps)
+
+
+def test_a_container_holding_a_parameter_is_checked_at_its_own_location(key):
+    model = scaled_model()
+    debug = lxe.debug_mode(model)
+    assert debug[1][1] == lxe.DebugLayer(
+        ScaleAround(lxe.DebugLayer(lx.Dense(WIDTH, WIDTH), location="layer_2.layer_2.layer")),
+        location="layer_2.layer_2",
+        held_only=True,
+    )
+    assert lxe.debug_mode(debug) == debug  # never nested
+    ps, st = lx.setup(key, model)
+    x = jnp.ones((3, WIDTH))
+    np.testing.assert_array_equal(debug(x, ps, st)[0], model(x, ps, st)[0])
+    ps["layer_2"]["layer_2"]["scale"] = ps["layer_2"]["layer_2"]["scale"].at[1].set(jnp.nan)
+    expected = re.escape(
+        "NaN detected in parameters (scale) of layer ScaleAround(layer=Dense(2 => 2), poison=False) "
+        "at location layer_2.layer_2 (forward pass)"
+    )
+    all_four_ways(debug, ps, st, expected)
+
+
+def test_a_nan_gradient_of_a_container_held_parameter_blames_the_container(key):
+    model = scaled_model(poison=True)
+    ps, st = lx.setup(key, model)
+    debug = lxe.debug_mode(model)
+    x = jnp.ones((3, WIDTH))
+    loss = lambda ps: jnp.sum(debug(x, ps, st)[0])  # noqa: E731
+    expected = re.escape(
+        "NaN detected in gradient of parameters (scale) of layer ScaleAround(layer=Dense(2 => 2), poison=True) "
+        "at location layer_2.layer_2 (backward pass)"
+    )
+    with pytest.raises(lxe.NaNError, match=expected):
+        jax.grad(loss)(ps)
+    with pytest.raises(lxe.NaNError, match=expected):
+        lxe.raise_nan_errors(jax.jit(jax.grad(loss)))(ps)

@@ -266,3 +266,23 @@ def test_repeated_layer_applies_one_layer_repeatedly(key):
     norm = lx.RepeatedLayer(lx.BatchNorm(4), repeats=2)
     _, norm_st = norm(X, *lx.setup(key, norm))
     assert not np.allclose(norm_st["running_mean"], 0)  # the state threads through the repeats
+
+
+def test_eager_grad_through_a_stack_in_debug_mode_raises_the_nan_error(key):
+    poisoned = lx.Stacked(lx.Chain(a=lx.Dense(4, 4), bad=PoisonedGradient(), b=lx.Dense(4, 4)), 5)
+    ps, st = lx.setup(key, poisoned)
+    debug = lxe.debug_mode(poisoned)
+    loss = lambda ps: debug(X, ps, st)[0].sum()  # noqa: E731
+    with pytest.raises(lxe.NaNError, match=r"gradient of input of layer PoisonedGradient\(\) at location 4\.bad"):
+        jax.grad(loss)(ps)  # eagerly: the scan's backward pass runs compiled, outside the layers' code
+    clean = lx.Stacked(lx.Dense(4, 4), 3)
+    ps, st = lx.setup(key, clean)
+    ps["weight"] = ps["weight"].at[1, 0, 0].set(jnp.nan)
+    debug = lxe.debug_mode(clean)
+    with pytest.raises(lxe.NaNError, match=r"parameters \(weight\) of layer Dense\(4 => 4\) at location 1 \(forward"):
+        jax.grad(lambda ps: debug(X, ps, st)[0].sum())(ps)
+    ps = lx.setup(key, clean)[0]  # a stack without checks keeps forward-mode differentiation
+    tangent = jax.jvp(lambda x: clean(x, ps, st)[0], (X,), (jnp.ones_like(X),))[1]
+    eps = 1e-3
+    by_differences = (clean(X + eps, ps, st)[0] - clean(X - eps, ps, st)[0]) / (2 * eps)
+    np.testing.assert_allclose(tangent, by_differences, rtol=1e-2, atol=1e-3)

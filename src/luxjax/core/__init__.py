@@ -46,6 +46,7 @@ from ._tree import tied_groups as tied_groups
 from ._walk import What as What
 from ._walk import abstract_init as abstract_init
 from ._walk import assembled as assembled
+from ._walk import holds_own_entries as holds_own_entries
 from ._walk import iter_layers as iter_layers
 from ._walk import map_layers as map_layers
 from ._walk import misfit as misfit

@@ -156,6 +156,25 @@ def abstract_init(layer: Any, what: What) -> Any:
     return _cached(layer, what) if _hashable(layer) else _trace(layer, what)
 
 
+def holds_own_entries(layer: Any) -> bool:
+    """Whether a container's `ps` or `st` holds entries of its own beside its children's (debug mode checks them).
+
+    Example:
+        >>> import luxjax as lx
+        >>> from luxjax.core import holds_own_entries
+        >>> holds_own_entries(lx.Chain(lx.Dense(2, 2)))
+        False
+    """
+    names = set(layer.children())
+    for what in ("params", "state"):
+        if _assembled(layer, what):
+            continue
+        tree = abstract_init(layer, what)
+        if isinstance(tree, Mapping) and set(tree) - names:
+            return True
+    return False
+
+
 def _count_tree(tree: Any) -> int:
     """The number of scalars in a tree of arrays or shapes; a training flag counts 1."""
     leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, Training))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import jax
@@ -22,7 +23,7 @@ from ..core import (
     block_indices,
     check_layer_argument,
     field,
-    map_layers,
+    holds_own_entries,
     recover,
     remember,
 )
@@ -148,6 +149,62 @@ def checks_for(owner: str, nan_check: Any = "both", error_check: bool = True, ch
     return (*checks, ErrorCheck()) if error_check else tuple(checks)
 
 
+def _floating(leaf: Any) -> bool:
+    return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact) and jnp.size(leaf) > 0
+
+
+# Values a check has looked at (by identity, while they live), with the kinds it looked for. A
+# layer's input is mostly the previous layer's checked output, and a layer's incoming gradient
+# the next one's checked input gradient: those are not checked again (the earlier check, first
+# in program order, is the one that reports), which saves a pass over each.
+_CHECKED: dict[int, tuple[weakref.ref, frozenset[str]]] = {}
+_PASSED_ON = ("incoming gradient of output",)
+
+
+def _kinds(checks: list[ValueCheck]) -> frozenset[str]:
+    return frozenset(check.kind for check in checks)
+
+
+def _floats(tree: Any) -> list[Any]:
+    return [leaf for leaf in jax.tree.leaves(tree) if _floating(leaf)]
+
+
+def _mark_checked(tree: Any, checks: list[ValueCheck]) -> None:
+    kinds = _kinds(checks)
+    if not kinds:
+        return
+    for leaf in _floats(tree):
+        key = id(leaf)
+
+        def forget(ref: weakref.ref, key: int = key) -> None:
+            if _CHECKED.get(key, (None,))[0] is ref:
+                del _CHECKED[key]
+
+        _CHECKED[key] = (weakref.ref(leaf, forget), kinds)
+
+
+def _already_checked(leaf: Any, kinds: frozenset[str]) -> bool:
+    entry = _CHECKED.get(id(leaf))
+    return entry is not None and entry[0]() is leaf and kinds <= entry[1]
+
+
+def _without_checks(layer: Layer) -> Layer:
+    if isinstance(layer, DebugLayer):
+        return _without_checks(layer.layer)
+    children = layer.children()
+    return layer.replace_children({name: _without_checks(child) for name, child in children.items()})
+
+
+def _keep_alive(grads: tuple[Any, Any, Any]) -> Any:
+    """Which gradient leaves a backward check ties: all of the input's, and the smallest other one."""
+    others = [leaf for leaf in jax.tree.leaves(grads[1:]) if _floating(leaf)]
+    smallest = min(others, key=jnp.size) if others else None
+    return (
+        jax.tree.map(lambda _: True, grads[0]),
+        *(jax.tree.map(lambda leaf: leaf is smallest, tree) for tree in grads[1:]),
+    )
+
+
 class DebugLayer(WrapperLayer):
     """Runs `layer` unchanged, checking for NaNs and locating errors; see `debug_mode`.
 
@@ -163,6 +220,11 @@ class DebugLayer(WrapperLayer):
         location: where `layer` sits in the model, the path of its entry in `ps`
             (`debug_mode` fills it in).
         check_inf: also report infinities (default: only NaNs).
+        held_only: check only what `layer`, a container, holds itself beside its children:
+            its own entries of `ps` and `st` (a learnable scale around a child, say), going
+            in and out, and their gradients. `debug_mode` wraps every container that holds
+            such entries this way (its children get their own `DebugLayer`s), so a NaN there
+            is reported with the container's location.
         checks: the checks as data, instead of the three keywords above: a tuple of
             `NaNCheck`, `InfCheck` and `ErrorCheck`, each saying in which passes it runs.
             The keywords are shorthand for it: `nan_check="forward", check_inf=True` is
@@ -200,6 +262,10 @@ class DebugLayer(WrapperLayer):
     location: KeyPath = field(default=KeyPath(), converter=_as_keypath)
     check_inf: bool = False
     checks: tuple[Check, ...] | None = None
+    held_only: bool = False
+
+    # Its checks fail compiled code at run time: a `Stacked` around it re-raises them eagerly.
+    checks_at_run_time: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_layer_argument("DebugLayer", self.layer, "`layer`")
@@ -224,7 +290,9 @@ class DebugLayer(WrapperLayer):
 
     # -- running the wrapped layer -----------------------------------------------------------
     def _noted(self, error: BaseException, pass_: str) -> None:
-        note = f"in layer {self.layer!r} at location {self.location.label()} ({pass_} pass)"
+        if any(str(n).startswith("luxjax debug_mode:") for n in getattr(error, "__notes__", ())):
+            return  # a layer inside (a container's child) has named itself already
+        note = f"in layer {self._named()!r} at location {self.location.label()} ({pass_} pass)"
         error.add_note(f"luxjax debug_mode: {type(error).__name__} raised {note}.")
         logger.error("%s raised %s: %s", type(error).__name__, note, error)
 
@@ -240,12 +308,15 @@ class DebugLayer(WrapperLayer):
     def _scan(self, trees: list[tuple[str, Any]], pass_: str) -> tuple[list[Found], list[Any]]:
         """Flags per floating leaf and check; raises at once when every flag is already known."""
         checks = self._value_checks(pass_)
+        kinds = _kinds(checks)
         found: list[Found] = []
         flags: list[Any] = []
         for what, tree in trees if checks else ():
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
                 if not (hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)):
                     continue
+                if what in _PASSED_ON and _already_checked(leaf, kinds):
+                    continue  # the next layer's input gradient, checked there first
                 inside = str(KeyPath.from_jax(path))
                 for check in checks:
                     found.append((check.kind, what, inside))
@@ -257,6 +328,10 @@ class DebugLayer(WrapperLayer):
             return [], []
         return found, flags
 
+    def _named(self) -> Layer:
+        """The layer as the user built it: a container's children without their `DebugLayer`s."""
+        return _without_checks(self.layer) if self.held_only else self.layer
+
     def _where(self, indices: Any = ()) -> str:
         """The location, each `*` (a block of an enclosing `Stacked`) replaced by the block's index."""
         blocks = iter(int(i) for i in np.asarray(indices).reshape(-1))
@@ -266,7 +341,7 @@ class DebugLayer(WrapperLayer):
         kind, what, inside = found
         held = f"{what} ({inside})" if inside else what
         return NaNError(
-            f"{kind} detected in {held} of layer {self.layer!r} at location {self._where(indices)} ({pass_} pass)"
+            f"{kind} detected in {held} of layer {self._named()!r} at location {self._where(indices)} ({pass_} pass)"
         )
 
     def _emit(
@@ -277,11 +352,12 @@ class DebugLayer(WrapperLayer):
         results: Any,
         blocks: jax.Array,
         after: Any = None,
+        tied: Callable[[Any], Any] | None = None,
     ) -> tuple[Any, Any]:
         """One run-time check per layer and pass; returns `results` made to wait for it.
 
         The callback runs only when a flag is set (inside `lax.cond`). Every floating leaf
-        of `results` (the output going forward, the gradients going backward) is made to
+        of `results` (or those `tied(results)` picks, a tree of booleans) is made to
         depend on its answer (`where(answer, nan, leaf)`, and the answer is always false), so
         every later check, which reads these results, runs after this one: the first NaN in
         program order is the one reported, without the cost of JAX's ordered effects.
@@ -307,35 +383,72 @@ class DebugLayer(WrapperLayer):
         failed = jax.lax.cond(pred, fail, lambda f, blocks: jnp.zeros((), jnp.bool_), flags_array, blocks)
 
         def tie(leaf: Any) -> Any:
-            if not (hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact) and jnp.size(leaf)):
+            if not _floating(leaf):
                 return leaf
             first = (0,) * jnp.ndim(leaf)  # one element carries the dependency: no pass over the array
             return leaf.at[first].set(jnp.where(failed, jnp.array(jnp.nan, leaf.dtype), leaf[first]))
 
-        return jax.tree.map(tie, results), failed
+        if tied is None:
+            return jax.tree.map(tie, results), failed
+        return jax.tree.map(lambda leaf, pick: tie(leaf) if pick else leaf, results, tied(results)), failed
 
-    def _forward(self, run: Callable, x: Any, ps: Any, st: Any, blocks: jax.Array) -> tuple[Any, Any, Any]:
-        """Runs `run(x, ps, st) -> ((y, new_st), extra)` inside the forward checks: `((y, new_st), extra, answer)`."""
-        found, flags = self._scan([("input", x), ("parameters", ps), ("states", st)], "forward")
+    def _held(self, tree: Any) -> Any:
+        """The entries of `tree` that a container holds itself: those not named after a child."""
+        if not isinstance(tree, Mapping):
+            return {}
+        children = self.layer.children()
+        return {name: value for name, value in tree.items() if name not in children}
+
+    def _forward(
+        self, run: Callable, x: Any, ps: Any, st: Any, blocks: jax.Array, fresh: bool = True
+    ) -> tuple[Any, Any, Any]:
+        """Runs `run(x, ps, st) -> ((y, new_st), extra)` inside the forward checks: `((y, new_st), extra, answer)`.
+
+        `fresh`: whether the input is new to the checks (not a checked output of another layer).
+        """
+        if self.held_only:
+            return self._held_forward(run, x, ps, st, blocks)
+        found, flags = self._scan([("input", x)] * fresh + [("parameters", ps), ("states", st)], "forward")
         (y, new_st), extra = run(x, ps, st)
         more_found, more_flags = self._scan([("output", y), ("new state", new_st)], "forward")
         y, failed = self._emit(found + more_found, flags + more_flags, "forward", y, blocks)
+        _mark_checked(y, self._value_checks("forward"))  # what the next layer gets inside a differentiated step
+        return (y, new_st), extra, failed
+
+    def _held_forward(self, run: Callable, x: Any, ps: Any, st: Any, blocks: jax.Array) -> tuple[Any, Any, Any]:
+        """The forward checks of a container's own entries: checked before its children run, so they come first."""
+        own_ps, own_st = self._held(ps), self._held(st)
+        found, flags = self._scan([("parameters", own_ps), ("states", own_st)], "forward")
+        if found:  # under jit: the input and the own entries wait for the check, and so every child's checks
+            (x, own_ps, own_st), failed = self._emit(found, flags, "forward", (x, own_ps, own_st), blocks)
+            ps, st = {**ps, **own_ps}, {**st, **own_st}
+        else:
+            failed = None
+        (y, new_st), extra = run(x, ps, st)
+        found, flags = self._scan([("new state", self._held(new_st))], "forward")
+        y, failed = self._emit(found, flags, "forward", y, blocks, failed)
         return (y, new_st), extra, failed
 
     def __call__(self, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
+        # Decided here, on the values the caller passes (inside the custom VJP they are new ones).
+        fresh = not all(_already_checked(leaf, _kinds(self._value_checks("forward"))) for leaf in _floats(x))
         if not self._value_checks("backward") and not self._annotates("backward"):
-            return self._forward(lambda *args: (self._run(*args), None), x, ps, st, running_indices())[0]
-        # The block indices are read here, while the enclosing stacks run; the backward pass
-        # (traced later, outside their loops) gets them as an input of the custom VJP.
-        return self._checked_vjp()(x, ps, st, running_indices())
+            out = self._forward(lambda *args: (self._run(*args), None), x, ps, st, running_indices(), fresh)[0]
+        else:
+            # The block indices are read here, while the enclosing stacks run; the backward pass
+            # (traced later, outside their loops) gets them as an input of the custom VJP.
+            out = self._checked_vjp(fresh)(x, ps, st, running_indices())
+        if not self.held_only:  # what the next layer gets (the custom VJP's output is a new value)
+            _mark_checked(out[0], self._value_checks("forward"))
+        return out
 
-    def _checked_vjp(self) -> Callable:
+    def _checked_vjp(self, fresh: bool) -> Callable:
         @jax.custom_vjp
         def run(x: Any, ps: Any, st: Any, blocks: jax.Array) -> tuple[Any, Any]:
-            return self._forward(lambda *args: (self._run(*args), None), x, ps, st, blocks)[0]
+            return self._forward(lambda *args: (self._run(*args), None), x, ps, st, blocks, fresh)[0]
 
         def run_fwd(x: Any, ps: Any, st: Any, blocks: jax.Array) -> tuple[tuple[Any, Any], Any]:
-            out, vjp, failed = self._forward(lambda *args: jax.vjp(self._run, *args), x, ps, st, blocks)
+            out, vjp, failed = self._forward(lambda *args: jax.vjp(self._run, *args), x, ps, st, blocks, fresh)
             # The forward check's answer is a residual that the backward check waits for, so
             # every backward check runs after it, even where the output itself is unused.
             forward_failed = jnp.zeros((), jnp.bool_) if failed is None else failed
@@ -344,25 +457,32 @@ class DebugLayer(WrapperLayer):
         def run_bwd(residuals: Any, cotangent: tuple[Any, Any]) -> tuple[Any, Any, Any, None]:
             vjp, forward_failed, blocks = residuals
             ct_y, ct_st = cotangent
-            found, flags = self._scan(
-                [("incoming gradient of output", ct_y), ("incoming gradient of new state", ct_st)], "backward"
-            )
+            incoming = [("incoming gradient of output", ct_y), ("incoming gradient of new state", ct_st)]
+            found, flags = self._scan([] if self.held_only else incoming, "backward")
             try:
                 grads = vjp(cotangent)
             except Exception as error:
                 if self._annotates("backward"):
                     self._noted(error, "backward")
                 raise
-            more_found, more_flags = self._scan(
-                [
+            if self.held_only:
+                held = (self._held(grads[1]), self._held(grads[2]))
+                outgoing = [("gradient of parameters", held[0]), ("gradient of states", held[1])]
+            else:
+                outgoing = [
                     ("gradient of input", grads[0]),
                     ("gradient of parameters", grads[1]),
                     ("gradient of states", grads[2]),
-                ],
-                "backward",
-            )
-            # All gradients are tied: the input gradient may be dropped (not differentiated).
-            checked = self._emit(found + more_found, flags + more_flags, "backward", grads, blocks, forward_failed)[0]
+                ]
+            more_found, more_flags = self._scan(outgoing, "backward")
+            # The input gradient is tied (earlier layers' checks wait for this one), and one
+            # smallest gradient leaf besides, which keeps the check alive where the input
+            # gradient is dropped (not differentiated); tying every leaf costs a pass over each.
+            checked = self._emit(
+                found + more_found, flags + more_flags, "backward", grads, blocks, forward_failed, _keep_alive
+            )[0]
+            if not self.held_only:
+                _mark_checked(checked[0], self._value_checks("backward"))
             return (*checked, None)  # the block indices are integers: no gradient
 
         run.defvjp(run_fwd, run_bwd)
@@ -378,6 +498,8 @@ class DebugLayer(WrapperLayer):
             settings.append("error_check=False")
         if self.check_inf:
             settings.append("check_inf=True")
+        if self.held_only:
+            settings.append("held_only=True")
         settings.append(f"location={self.location!r}")
         return f"DebugLayer({', '.join(settings)})"
 
@@ -387,7 +509,9 @@ def debug_mode(model: Layer, nan_check: str = "both", error_check: bool = True, 
 
     The location of each leaf is the path of its entry in `ps` (as in `layer_map`), so a
     message names e.g. `layer_2.layer_2`. The debug model takes the original `ps` and `st`
-    unchanged and computes the same outputs and gradients. A model already in debug mode is
+    unchanged and computes the same outputs and gradients. A container that holds parameters
+    or states of its own beside its children's is wrapped too, with `held_only=True`: those
+    entries are checked with the container's location. A model already in debug mode is
     re-wrapped with the new settings: `DebugLayer`s are never nested. Only the layer tree is
     walked (no tree of shapes is built), so this is about as cheap as `layer_map`.
 
@@ -419,18 +543,22 @@ def debug_mode(model: Layer, nan_check: str = "both", error_check: bool = True, 
     check_layer_argument("debug_mode", model, "`model`")
     checks_for("debug_mode", nan_check, error_check, check_inf)  # the keywords' errors name debug_mode
 
-    def stop(layer: Layer) -> bool:
-        return isinstance(layer, DebugLayer) or layer.copies() > 1
-
     def wrap(layer: Layer, path: KeyPath) -> Layer:
         if isinstance(layer, DebugLayer):  # already in debug mode: re-wrap what is inside
-            return map_layers(wrap, layer.layer, path, is_leaf=stop)
+            return wrap(layer.layer, path)
+        children = layer.children()
+        if not children:
+            return DebugLayer(layer, nan_check, error_check, path, check_inf)
         if layer.copies() > 1:  # a stack: `*` stands for the block index, known when the block runs
-            ((name, block),) = layer.children().items()
-            return layer.replace_children({name: map_layers(wrap, block, path / "*", is_leaf=stop)})
-        return DebugLayer(layer, nan_check, error_check, path, check_inf)
+            ((name, block),) = children.items()
+            return layer.replace_children({name: wrap(block, path / "*")})
+        new = {name: wrap(child, path if layer.is_wrapper else path / name) for name, child in children.items()}
+        layer = layer.replace_children(new)
+        if layer.is_wrapper or not holds_own_entries(layer):
+            return layer
+        return DebugLayer(layer, nan_check, error_check, path, check_inf, held_only=True)
 
-    return map_layers(wrap, model, is_leaf=stop)
+    return wrap(model, KeyPath())
 
 
 def raise_nan_errors(fn: Callable) -> Callable:

@@ -16,6 +16,7 @@ from ..core import (
     StructureError,
     WrapperLayer,
     check_layer_argument,
+    iter_layers,
     recover,
     running_block,
     stack_blocks,
@@ -26,6 +27,44 @@ from ._util import check_positive
 
 def _shapes(tree: Any) -> Any:
     return jax.tree.map(lambda a: (jnp.shape(a), jnp.result_type(a)), tree)
+
+
+def _raising(run: Callable[[], Any]) -> Any:
+    """`run()`, waited for; a check that failed inside compiled code raises its own error, not JAX's."""
+    try:
+        return jax.block_until_ready(run())
+    except jax.errors.JaxRuntimeError as error:
+        raised = recover(error)
+        if raised is None:
+            raise
+        raise raised.with_traceback(None) from error
+
+
+def _raising_backward(scan: Callable) -> Callable:
+    """`scan` whose passes, run eagerly (an eager `jax.grad`), raise what a check inside raised.
+
+    That is debug mode's `NaNError`, not JAX's runtime error; under `jax.jit` both passes are
+    traced and unchanged. Used where the block holds a layer with `checks_at_run_time` (a `DebugLayer`): an eager
+    `jax.grad` runs the scan's backward pass compiled, outside any code of the layers.
+    """
+
+    def concrete(tree: Any) -> bool:
+        return not any(isinstance(leaf, Tracer) for leaf in jax.tree.leaves(tree))
+
+    @jax.custom_vjp
+    def run(x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
+        return scan(x, ps, st)
+
+    def run_fwd(x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
+        if concrete((x, ps, st)):
+            return _raising(lambda: jax.vjp(scan, x, ps, st))
+        return jax.vjp(scan, x, ps, st)
+
+    def run_bwd(vjp: Any, cotangent: Any) -> Any:
+        return _raising(lambda: vjp(cotangent)) if concrete(cotangent) else vjp(cotangent)
+
+    run.defvjp(run_fwd, run_bwd)
+    return run
 
 
 def _check_carry(layer: Layer, x: Any, y: Any) -> None:
@@ -110,18 +149,16 @@ class Stacked(WrapperLayer):
             _check_carry(self, carry, y)
             return y, st_i
 
-        blocks = (jnp.arange(self.n), ps, st)
-        if any(isinstance(leaf, Tracer) for leaf in jax.tree.leaves((x, ps, st))):
-            return jax.lax.scan(step, x, blocks, unroll=self.unroll)
-        # Called eagerly, the scan still runs compiled, so a check inside it (debug mode) fails in
-        # compiled code: wait for the result and raise what the check raised, as eager code does.
-        try:
-            return jax.block_until_ready(jax.lax.scan(step, x, blocks, unroll=self.unroll))
-        except jax.errors.JaxRuntimeError as error:
-            raised = recover(error)
-            if raised is None:
-                raise
-            raise raised.with_traceback(None) from error
+        def scan(x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
+            return jax.lax.scan(step, x, (jnp.arange(self.n), ps, st), unroll=self.unroll)
+
+        if not any(isinstance(leaf, Tracer) for leaf in jax.tree.leaves((x, ps, st))):
+            # Called eagerly, the scan still runs compiled, so a check inside it (debug mode) fails in
+            # compiled code: wait for the result and raise what the check raised, as eager code does.
+            return _raising(lambda: scan(x, ps, st))
+        if any(getattr(layer, "checks_at_run_time", False) for _, layer in iter_layers(self.block)):
+            return _raising_backward(scan)(x, ps, st)
+        return scan(x, ps, st)
 
     @classmethod
     def from_chain(cls, chain: Chain, ps: Any, st: Any, *, unroll: int = 1) -> tuple["Stacked", Any, Any]:
