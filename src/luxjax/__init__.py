@@ -33,7 +33,9 @@ from .core import trainmode as trainmode
 from .core import update_state as update_state
 from .layers import AdaptiveMaxPool as AdaptiveMaxPool
 from .layers import AdaptiveMeanPool as AdaptiveMeanPool
+from .layers import AlphaDropout as AlphaDropout
 from .layers import BatchNorm as BatchNorm
+from .layers import BidirectionalRNN as BidirectionalRNN
 from .layers import BranchLayer as BranchLayer
 from .layers import Chain as Chain
 from .layers import Conv as Conv
@@ -58,8 +60,13 @@ from .layers import Recurrence as Recurrence
 from .layers import Remat as Remat
 from .layers import RepeatedLayer as RepeatedLayer
 from .layers import ReshapeLayer as ReshapeLayer
+from .layers import RNNCell as RNNCell
+from .layers import RotaryPositionalEmbedding as RotaryPositionalEmbedding
+from .layers import SinusoidalPositionalEmbedding as SinusoidalPositionalEmbedding
 from .layers import SkipConnection as SkipConnection
 from .layers import Stacked as Stacked
+from .layers import StatefulRecurrentCell as StatefulRecurrentCell
+from .layers import VariationalHiddenDropout as VariationalHiddenDropout
 from .layers import WrappedFunction as WrappedFunction
 
 __version__ = "0.1.0"
