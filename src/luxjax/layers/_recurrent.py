@@ -469,6 +469,14 @@ class BidirectionalRNN(ContainerLayer):
         return f"BidirectionalRNN({', '.join(args)})"
 
 
+def _in_dims(cell: Layer) -> int | None:
+    """The cell's `in_dims`, looking through wrappers (a frozen or debugged cell); None if it has none."""
+    while not isinstance(getattr(cell, "in_dims", None), int) and cell.is_wrapper:
+        cell = next(iter(cell.children().values()))
+    in_dims = getattr(cell, "in_dims", None)
+    return in_dims if isinstance(in_dims, int) else None
+
+
 class StatefulRecurrentCell(ContainerLayer):
     """A cell that keeps its carry in the state, so each call continues where the last one stopped.
 
@@ -513,7 +521,7 @@ class StatefulRecurrentCell(ContainerLayer):
 
     def __post_init__(self) -> None:
         check_layer_argument("StatefulRecurrentCell", self.cell, "`cell`")
-        if not isinstance(getattr(self.cell, "in_dims", None), int):
+        if _in_dims(self.cell) is None:
             raise ConfigError(
                 f"StatefulRecurrentCell: the cell must have an int `in_dims` to size its carry, got {self.cell!r}."
             )
