@@ -530,7 +530,9 @@ class StatefulRecurrentCell(ContainerLayer):
             raise ConfigError(f"StatefulRecurrentCell: `batch_shape` must be a tuple of ints, got {shape!r}.")
 
     def _step_shape(self) -> tuple[int, ...]:
-        return (*self.batch_shape, self.cell.in_dims)
+        in_dims = _in_dims(self.cell)
+        assert in_dims is not None  # checked in __post_init__
+        return (*self.batch_shape, in_dims)
 
     def init_state(self, key: jax.Array) -> dict:
         cell_st = self.cell.init_state(key)
