@@ -102,7 +102,7 @@ def test_alpha_dropout_keeps_mean_and_variance_and_rate(key):
     y, new_st = model(x, ps, st)
     # 200_000 draws: standard errors about 0.002 (mean), 0.003 (variance), 0.001 (rate).
     assert abs(float(y.mean())) < 0.01 and abs(float(y.var()) - 1) < 0.02
-    values, counts = np.unique(np.asarray(y), return_counts=True)
+    _, counts = np.unique(np.asarray(y), return_counts=True)
     assert abs(counts.max() / y.size - p) < 0.005  # every dropped unit has one value
     assert not np.array_equal(jax.random.key_data(new_st["key"]), jax.random.key_data(st["key"]))
     assert model(x, ps, lx.testmode(st))[0] is x
