@@ -218,7 +218,9 @@ class MultiHeadAttention(ContainerLayer):
                 weights, new_st["attention_dropout"] = self.call("attention_dropout", weights, ps, st)
             attended = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         else:
-            attended = jax.nn.dot_product_attention(q, k, v, mask=mask)
+            # JAX's XLA implementation mixes bfloat16 with float32 inside, which strict promotion rejects.
+            with jax.numpy_dtype_promotion("standard"):
+                attended = jax.nn.dot_product_attention(q, k, v, mask=mask)
         attended = jnp.reshape(attended, (batch, q_len, self.v_dims))
         y, new_st["out_proj"] = self.call("out_proj", attended, ps, st)
         return ((y, weights) if self.return_weights else y), new_st
