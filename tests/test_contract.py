@@ -50,9 +50,19 @@ def registry():
             # Under debug_mode its gradient differs by an ulp (inside lax.scan): the tolerance's witness.
             (lx.Recurrence(lx.GRUCell(2, 3)), x(2, 3, 2)),
         ],
-        lx.LSTMCell: [(lx.LSTMCell(2, 3), x(2, 2))],
+        lx.LSTMCell: [(lx.LSTMCell(2, 3), x(2, 2)), (lx.LSTMCell(2, 3, train_state=True, train_memory=True), x(2, 2))],
         lx.GRUCell: [(lx.GRUCell(2, 3), x(2, 2))],
-        lx.MultiHeadAttention: [(lx.MultiHeadAttention(4, 2), x(2, 3, 4))],
+        lx.RNNCell: [(lx.RNNCell(2, 3, train_state=True), x(2, 2))],
+        lx.BidirectionalRNN: [(lx.BidirectionalRNN(lx.GRUCell(2, 2), lx.RNNCell(2, 3)), x(2, 3, 2))],
+        lx.StatefulRecurrentCell: [(lx.StatefulRecurrentCell(lx.LSTMCell(2, 3), batch_shape=(2,)), x(2, 2))],
+        lx.MultiHeadAttention: [
+            (lx.MultiHeadAttention(4, 2), x(2, 3, 4)),
+            # Training-mode attention dropout: the mask depends only on the state's key.
+            (
+                lx.MultiHeadAttention(4, 2, key_dims=3, value_dims=2, v_dims=2, out_dims=3, attention_dropout=0.2),
+                (x(2, 3, 4), x(2, 2, 3), x(2, 2, 2)),
+            ),
+        ],
         lx.Conv: [(lx.Conv((3, 3), 2, 3, jnp.tanh, stride=2, padding=1), x(1, 5, 4, 2))],
         lx.ConvTranspose: [(lx.ConvTranspose((2, 2), 2, 1, stride=2), x(1, 2, 3, 2))],
         lx.Upsample: [(lx.Upsample(mode="bilinear", scale=2), x(1, 2, 3, 2)), (lx.Upsample(size=(3,)), x(2, 2, 1))],
@@ -74,7 +84,14 @@ def registry():
         lx.WeightNorm: [(lx.WeightNorm(lx.Dense(3, 2, jnp.tanh), ("weight",)), x(4, 3))],
         # Training mode: the mask depends only on st["key"], so finite differences are valid.
         lx.Dropout: [(lx.Dropout(0.3), x(4, 3))],
-        lx.Embedding: [(lx.Embedding(5, 3), jnp.array([[0, 4, 2], [1, 1, 3]]))],
+        lx.AlphaDropout: [(lx.AlphaDropout(0.3), x(4, 3))],
+        lx.VariationalHiddenDropout: [(lx.VariationalHiddenDropout(0.3), x(4, 3))],
+        lx.Embedding: [
+            (lx.Embedding(5, 3), jnp.array([[0, 4, 2], [1, 1, 3]])),
+            (lx.Embedding((2, 3), 4), (jnp.array([0, 1, 1]), jnp.array([2, 0, 1]))),
+        ],
+        lx.SinusoidalPositionalEmbedding: [(lx.SinusoidalPositionalEmbedding(4), x(2, 3))],
+        lx.RotaryPositionalEmbedding: [(lx.RotaryPositionalEmbedding(4, max_sequence_length=8), x(2, 3, 2, 4))],
         lx.WrappedFunction: [(lx.WrappedFunction(jnp.sin), x(3, 2))],
         lx.NoOpLayer: [(lx.NoOpLayer(), x(3, 2))],
         lx.ReshapeLayer: [(lx.ReshapeLayer((2, 3)), x(2, 6))],

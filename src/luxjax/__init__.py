@@ -34,7 +34,9 @@ from .core import update_state as update_state
 from .layers import AdaptiveLPPool as AdaptiveLPPool
 from .layers import AdaptiveMaxPool as AdaptiveMaxPool
 from .layers import AdaptiveMeanPool as AdaptiveMeanPool
+from .layers import AlphaDropout as AlphaDropout
 from .layers import BatchNorm as BatchNorm
+from .layers import BidirectionalRNN as BidirectionalRNN
 from .layers import Bilinear as Bilinear
 from .layers import BranchLayer as BranchLayer
 from .layers import Chain as Chain
@@ -67,11 +69,16 @@ from .layers import RepeatedLayer as RepeatedLayer
 from .layers import ReshapeLayer as ReshapeLayer
 from .layers import ReverseSequence as ReverseSequence
 from .layers import RMSNorm as RMSNorm
+from .layers import RNNCell as RNNCell
+from .layers import RotaryPositionalEmbedding as RotaryPositionalEmbedding
 from .layers import Scale as Scale
 from .layers import SelectDim as SelectDim
+from .layers import SinusoidalPositionalEmbedding as SinusoidalPositionalEmbedding
 from .layers import SkipConnection as SkipConnection
 from .layers import Stacked as Stacked
+from .layers import StatefulRecurrentCell as StatefulRecurrentCell
 from .layers import Upsample as Upsample
+from .layers import VariationalHiddenDropout as VariationalHiddenDropout
 from .layers import WeightNorm as WeightNorm
 from .layers import WrappedFunction as WrappedFunction
 

@@ -166,3 +166,94 @@ def test_attention_projections_can_be_frozen_and_unfrozen(key):
     assert ps_f["attn"]["q_proj"] == {} and frozen["attn"].num_heads == 2
     np.testing.assert_allclose(frozen(x, ps_f, st_f)[0], model(x, ps, st)[0], rtol=1e-6)
     assert lxe.unfreeze(frozen, ps_f, st_f)[0] == model
+
+
+@pytest.mark.torch
+def test_separate_key_and_value_sizes_match_torch(key):
+    torch = pytest.importorskip("torch")
+    model = lx.MultiHeadAttention(8, 2, key_dims=6, value_dims=5, return_weights=True)
+    ps, st = _random_params(model, key)
+    ref = torch.nn.MultiheadAttention(8, 2, kdim=6, vdim=5, batch_first=True)
+    t = lambda a: torch.tensor(np.asarray(a))  # noqa: E731
+    with torch.no_grad():
+        for name in ("q", "k", "v"):
+            getattr(ref, f"{name}_proj_weight").copy_(t(ps[f"{name}_proj"]["weight"]))
+        ref.in_proj_bias.copy_(t(jnp.concatenate([ps[n]["bias"] for n in ("q_proj", "k_proj", "v_proj")])))
+        ref.out_proj.weight.copy_(t(ps["out_proj"]["weight"]))
+        ref.out_proj.bias.copy_(t(ps["out_proj"]["bias"]))
+    q, k, v = _x(3, 4, 8), _x(3, 6, 6, seed=2), _x(3, 6, 5, seed=3)
+    (y, weights), _ = model((q, k, v), ps, st)
+    out, w = ref(t(q), t(k), t(v), average_attn_weights=False)
+    np.testing.assert_allclose(y, out.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(weights, w.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("return_weights", [False, True])
+def test_causal_attention_with_other_sizes_matches_torch_sdpa(return_weights, key):
+    # qk_dims, v_dims and out_dims all differ; the fused path (jax.nn.dot_product_attention)
+    # runs when the weights are not returned and the head sizes agree.
+    torch = pytest.importorskip("torch")
+    v_dims = 6 if return_weights else 4
+    model = lx.MultiHeadAttention(
+        5, 2, qk_dims=4, v_dims=v_dims, out_dims=3, is_causal=True, return_weights=return_weights
+    )
+    options = ", return_weights=True, qk_dims=4, v_dims=6" if return_weights else ", qk_dims=4"
+    assert repr(model) == f"MultiHeadAttention(5, num_heads=2{options}, out_dims=3, is_causal=True)"
+    ps, st = _random_params(model, key)
+    x = _x(2, 4, 5)
+    y, _ = model(x, ps, st)
+    y = y[0] if return_weights else y
+    t = lambda a: torch.tensor(np.asarray(a))  # noqa: E731
+    heads = lambda a: t(a).reshape(2, 4, 2, -1).transpose(1, 2)  # noqa: E731
+    proj = {n: np.asarray(x) @ np.asarray(ps[n]["weight"]).T + np.asarray(ps[n]["bias"]) for n in ps if n != "out_proj"}
+    attended = torch.nn.functional.scaled_dot_product_attention(
+        heads(proj["q_proj"]), heads(proj["k_proj"]), heads(proj["v_proj"]), is_causal=True
+    )
+    attended = attended.transpose(1, 2).reshape(2, 4, v_dims).numpy()
+    expected = attended @ np.asarray(ps["out_proj"]["weight"]).T + np.asarray(ps["out_proj"]["bias"])
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_is_causal_combines_with_a_mask_and_bfloat16_stays_bfloat16(key):
+    model = lx.MultiHeadAttention(4, 2, is_causal=True)
+    explicit = lx.MultiHeadAttention(4, 2)
+    ps, st = _random_params(model, key)
+    x = _x(2, 5, 4)
+    causal = jnp.tril(jnp.ones((5, 5), dtype=bool))
+    padding = jnp.array([True, True, True, False, False])
+    y, _ = model((x, x, x, padding), ps, st)
+    np.testing.assert_allclose(y, explicit((x, x, x, causal & padding[None]), ps, st)[0], rtol=1e-5, atol=1e-6)
+    half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), ps)
+    y16, _ = model(x.astype(jnp.bfloat16), half, st)
+    assert y16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(y16.astype(jnp.float32), model(x, ps, st)[0], rtol=0.05, atol=0.05)
+
+
+def test_attention_dropout_drops_weights_in_training_only(key):
+    p = 0.5
+    model = lx.MultiHeadAttention(4, 2, attention_dropout=p, return_weights=True)
+    plain = lx.MultiHeadAttention(4, 2, return_weights=True)
+    assert repr(model) == "MultiHeadAttention(4, num_heads=2, return_weights=True, attention_dropout=0.5)"
+    ps, st = lx.setup(key, model)
+    assert list(ps) == ["q_proj", "k_proj", "v_proj", "out_proj", "attention_dropout"]
+    assert sorted(st["attention_dropout"]) == ["key", "training"]
+    x = _x(2, 6, 4)
+    ps_plain = {n: ps[n] for n in ("q_proj", "k_proj", "v_proj", "out_proj")}
+    st_plain = {n: st[n] for n in ps_plain}
+    (_, w_plain), _ = plain(x, ps_plain, st_plain)
+    (_, w), new_st = model(x, ps, st)
+    kept = np.asarray(w) != 0
+    assert 0.3 < kept.mean() < 0.7
+    np.testing.assert_allclose(np.asarray(w)[kept], np.asarray(w_plain)[kept] / (1 - p), rtol=1e-5)
+    assert not np.array_equal(
+        jax.random.key_data(new_st["attention_dropout"]["key"]), jax.random.key_data(st["attention_dropout"]["key"])
+    )
+    (y_test, w_test), _ = model(x, ps, lx.testmode(st))
+    np.testing.assert_allclose(w_test, w_plain, rtol=1e-6)
+    fused = lx.MultiHeadAttention(4, 2, attention_dropout=p)
+    np.testing.assert_allclose(fused(x, ps, lx.testmode(st))[0], y_test, rtol=1e-5, atol=1e-6)
+    with pytest.raises(lx.ConfigError, match=r"`attention_dropout` must be in \[0, 1\), got 1.5"):
+        lx.MultiHeadAttention(4, 2, attention_dropout=1.5)
+    with pytest.raises(lx.ConfigError, match=r"`v_dims` \(3\) must be divisible by `num_heads` \(2\)"):
+        lx.MultiHeadAttention(4, 2, v_dims=3)

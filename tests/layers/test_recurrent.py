@@ -128,3 +128,99 @@ def test_cells_reject_bad_sizes():
         lx.GRUCell(3, 0)
     with pytest.raises(TypeError, match=r"Recurrence: `cell` must be a luxjax Layer"):
         lx.Recurrence(jnp.tanh)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("activation", [jnp.tanh, jax.nn.relu])
+def test_rnn_cell_matches_torch(activation, key):
+    torch = pytest.importorskip("torch")
+    cell = lx.RNNCell(3, 4, activation)
+    ps, st = lx.setup(key, cell)
+    ref = torch.nn.RNNCell(3, 4, nonlinearity="tanh" if activation is jnp.tanh else "relu")
+    _copy_into(torch, ref, ps)
+    x, h0 = _x(5, 3), _x(5, 4, seed=2)
+    (h, (h_carry,)), _ = cell((x, h0), ps, st)
+    expected = ref(torch.tensor(np.asarray(x)), torch.tensor(np.asarray(h0))).detach().numpy()
+    np.testing.assert_allclose(h, expected, rtol=1e-5, atol=1e-6)
+    assert h_carry is h
+    assert repr(lx.RNNCell(3, 4, None, use_bias=False)) == "RNNCell(3 => 4, use_bias=False)"
+
+
+@pytest.mark.torch
+def test_bidirectional_rnn_matches_torch_bidirectional_gru(key):
+    torch = pytest.importorskip("torch")
+    model = lx.BidirectionalRNN(lx.GRUCell(3, 4))
+    ps, st = lx.setup(key, model)
+    ref = torch.nn.GRU(3, 4, batch_first=True, bidirectional=True)
+    _copy_into(torch, ref, ps["forward_rnn"], suffix="_l0")
+    _copy_into(torch, ref, ps["backward_rnn"], suffix="_l0_reverse")
+    x = _x(2, 5, 3)
+    y, _ = model(x, ps, st)
+    expected, _ = ref(torch.tensor(np.asarray(x)))
+    np.testing.assert_allclose(y, expected.detach().numpy(), rtol=1e-5, atol=1e-6)
+    # (time, batch, features) with the pair unmerged.
+    split = lx.BidirectionalRNN(lx.GRUCell(3, 4), merge_mode=None, time_axis=0)
+    assert repr(split) == "BidirectionalRNN(GRUCell(3 => 4), merge_mode=None, time_axis=0)"
+    forward, backward = split(jnp.swapaxes(x, 0, 1), ps, st)[0]
+    np.testing.assert_allclose(jnp.concatenate([forward, backward], -1), jnp.swapaxes(y, 0, 1), rtol=1e-6)
+    with pytest.raises(lx.ConfigError, match=r"must have return_sequence=True and time_axis=1"):
+        lx.BidirectionalRNN(lx.Recurrence(lx.GRUCell(3, 4)))
+
+
+@pytest.mark.torch
+def test_recurrence_time_axis_list_input_and_initial_carry_match_torch(key):
+    torch = pytest.importorskip("torch")
+    model = lx.Recurrence(lx.LSTMCell(3, 4), return_sequence=True, time_axis=0)
+    assert repr(model) == "Recurrence(LSTMCell(3 => 4), return_sequence=True, time_axis=0)"
+    ps, st = lx.setup(key, model)
+    ref = torch.nn.LSTM(3, 4)  # PyTorch's default layout is (time, batch, features)
+    _copy_into(torch, ref, ps, suffix="_l0")
+    x, h0, c0 = _x(6, 2, 3), _x(2, 4, seed=2), _x(2, 4, seed=3)
+    y, _ = model((x, (h0, c0)), ps, st)
+    tx, th, tc = (torch.tensor(np.asarray(a)) for a in (x, h0[None], c0[None]))
+    expected, _ = ref(tx, (th, tc))
+    np.testing.assert_allclose(y, expected.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(model(list(x), ps, st)[0], model(x, ps, st)[0])
+    batch_major = lx.Recurrence(lx.LSTMCell(3, 4), return_sequence=True)
+    np.testing.assert_allclose(batch_major(jnp.swapaxes(x, 0, 1), ps, st)[0], jnp.swapaxes(model(x, ps, st)[0], 0, 1))
+    with pytest.raises(lx.ConfigError, match=r"`time_axis` must be 1 for \(batch, time, features\) or 0"):
+        lx.Recurrence(lx.LSTMCell(3, 4), time_axis=2)
+
+
+def test_trained_initial_state_and_memory(key):
+    cell = lx.LSTMCell(3, 4, train_state=True, train_memory=True)
+    assert repr(cell) == "LSTMCell(3 => 4, train_state=True, train_memory=True)"
+    ps, st = lx.setup(key, cell)
+    np.testing.assert_array_equal(ps["hidden_state"], np.zeros(4))
+    ps = {**ps, "hidden_state": _x(4, seed=4), "memory": _x(4, seed=5)}
+    x = _x(2, 3)
+    carry = (jnp.broadcast_to(ps["hidden_state"], (2, 4)), jnp.broadcast_to(ps["memory"], (2, 4)))
+    np.testing.assert_allclose(cell(x, ps, st)[0][0], cell((x, carry), ps, st)[0][0], rtol=1e-6)
+    model = lx.Recurrence(lx.GRUCell(3, 4, train_state=True))
+    ps, st = lx.setup(key, model)
+    grads = jax.grad(lambda ps: model(_x(2, 5, 3), ps, st)[0].sum())(ps)
+    assert float(jnp.abs(grads["hidden_state"]).sum()) > 0
+    assert lx.parameter_count(lx.RNNCell(3, 4, train_state=True)) == 12 + 16 + 8 + 4
+
+
+def test_stateful_recurrent_cell_steps_like_recurrence(key):
+    cell = lx.GRUCell(3, 4, train_state=True)
+    model = lx.StatefulRecurrentCell(cell, batch_shape=(2,))
+    ps, st = lx.setup(key, model)
+    ps = {"cell": {**ps["cell"], "hidden_state": _x(4, seed=3)}}
+    x = _x(2, 5, 3)
+    expected, _ = lx.Recurrence(cell, return_sequence=True)(x, ps["cell"], st["cell"])
+    step = jax.jit(model.__call__)
+    ys = []
+    for t in range(5):
+        y, st = step(x[:, t], ps, st)
+        ys.append(y)
+    np.testing.assert_allclose(jnp.stack(ys, 1), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(st["carry"][0], ys[-1])
+    # Resetting starts again from the trained initial state.
+    restarted, _ = model(x[:, 0], ps, lx.update_state(st, "reset_carry", jnp.array(True)))
+    np.testing.assert_allclose(restarted, expected[:, 0], rtol=1e-6)
+    with pytest.raises(lx.ShapeError, match=r"expected one time step of shape batch_shape \+ \(in_dims,\) = \(2, 3\)"):
+        model(x, ps, st)
+    with pytest.raises(lx.ConfigError, match=r"the cell must have an int `in_dims`"):
+        lx.StatefulRecurrentCell(lx.NoOpLayer())

@@ -17,8 +17,12 @@ from ._conv import ConvTranspose as ConvTranspose
 from ._dense import Bilinear as Bilinear
 from ._dense import Dense as Dense
 from ._dense import Scale as Scale
+from ._dropout import AlphaDropout as AlphaDropout
 from ._dropout import Dropout as Dropout
+from ._dropout import VariationalHiddenDropout as VariationalHiddenDropout
 from ._embedding import Embedding as Embedding
+from ._embedding import RotaryPositionalEmbedding as RotaryPositionalEmbedding
+from ._embedding import SinusoidalPositionalEmbedding as SinusoidalPositionalEmbedding
 from ._maxout import Maxout as Maxout
 from ._norm import BatchNorm as BatchNorm
 from ._norm import GroupNorm as GroupNorm
@@ -34,9 +38,12 @@ from ._pool import GlobalMeanPool as GlobalMeanPool
 from ._pool import LPPool as LPPool
 from ._pool import MaxPool as MaxPool
 from ._pool import MeanPool as MeanPool
+from ._recurrent import BidirectionalRNN as BidirectionalRNN
 from ._recurrent import GRUCell as GRUCell
 from ._recurrent import LSTMCell as LSTMCell
 from ._recurrent import Recurrence as Recurrence
+from ._recurrent import RNNCell as RNNCell
+from ._recurrent import StatefulRecurrentCell as StatefulRecurrentCell
 from ._stacked import Remat as Remat
 from ._stacked import RepeatedLayer as RepeatedLayer
 from ._stacked import Stacked as Stacked

@@ -167,3 +167,18 @@ def bias_activation(y: jax.Array, bias: jax.Array | None, activation: Callable |
 def activation_repr(activation: Callable | None) -> list[str]:
     """The activation's entry in a repr: `["relu"]`, or nothing."""
     return [] if activation is None else [function_name(activation)]
+
+
+# -- dropout ------------------------------------------------------------------------------------
+
+
+def check_probability(owner: Any, name: str = "p") -> None:
+    """Raises a `ConfigError` unless `owner.<name>` is a number in `[0, 1)`."""
+    value = getattr(owner, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"{type(owner).__name__}: `{name}` must be in [0, 1), got {value!r}.")
+
+
+def keep_mask(key: jax.Array, p: float, shape: tuple[int, ...]) -> jax.Array:
+    """A boolean mask of `shape`, each entry `True` (keep) with probability `1 - p`."""
+    return jax.random.bernoulli(key, 1 - p, shape)
