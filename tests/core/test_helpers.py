@@ -98,3 +98,23 @@ def test_setup_of_several_models_matches_a_chain_of_them(key):
     jax.tree.map(np.testing.assert_array_equal, traced, as_tuple)
     with pytest.raises(lx.NotALayerError, match=r"setup: `model\['d'\]\[1\]` must be a luxjax Layer, .* got 3"):
         lx.setup(key, {"g": gen, "d": [disc, 3]})
+
+
+def test_stateful_layer_gradient_through_nested_ad_matches_finite_differences(key):
+    model = lx.Dense(1, 1, jnp.tanh)
+    ps, st = lx.setup(key, model)
+
+    def loss(f):  # a physics-informed style loss: (u'' at 0.3) squared
+        def u(t):
+            return f(jnp.reshape(t, (1, 1)))[0, 0]
+
+        return jax.grad(jax.grad(u))(0.3) ** 2
+
+    grad_w = jax.grad(loss)(lx.StatefulLuxLayer(model, ps, st)).ps["weight"][0, 0]
+    eps = 1e-3
+
+    def at(w):
+        return loss(lx.StatefulLuxLayer(model, {**ps, "weight": jnp.full((1, 1), w)}, st))
+
+    w = ps["weight"][0, 0]
+    np.testing.assert_allclose(grad_w, (at(w + eps) - at(w - eps)) / (2 * eps), rtol=1e-2)
