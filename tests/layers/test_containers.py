@@ -159,6 +159,8 @@ def test_combining_layer_survives_model_surgery(key):
     assert wider == lx.BranchLayer(lx.Dense(2, 5), lx.Dense(2, 5), fusion=lx.WrappedFunction(sum), name="fork")
     ps, st = lx.setup(key, wider)
     assert wider(X, ps, st)[0].shape == (4, 5)
+    with pytest.raises(lx.ConfigError, match=r"BranchLayer: its `layers` child holds the branches and must stay"):
+        model.replace_children({"layers": lx.Dense(2, 3)})
 
 
 def test_containers_take_a_name_shown_in_the_display():

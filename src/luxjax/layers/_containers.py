@@ -65,8 +65,13 @@ class _Sequence(ContainerLayer):
         if combiner is None:
             return self._rebuild(tuple((n, children.get(n, layer)) for n, layer in self.layers))
         key, layer = combiner
-        branches = children.get("layers")
-        layers = self.layers if branches is None else cast(_Sequence, branches).layers
+        branches = children.get("layers", self.children()["layers"])
+        if type(branches) is not type(self):
+            raise ConfigError(
+                f"{type(self).__name__}: its `layers` child holds the branches and must stay a "
+                f"{type(self).__name__}; got {branches!r}. Replace the branches inside it instead."
+            )
+        layers = cast(_Sequence, branches).layers
         return self._rebuild(layers, **{key: children.get(key, layer)})
 
     def _configuration(self) -> tuple[tuple, dict]:
