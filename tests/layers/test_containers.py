@@ -181,6 +181,8 @@ def test_containers_take_a_name_shown_in_the_display():
         assert str(model).startswith("p(") and repr(model).endswith("name='p')")
     with pytest.raises(lx.ConfigError, match=r"Chain: `name` must be a non-empty string or None, got 3"):
         lx.Chain(lx.Dense(2, 2), name=3)
+    with pytest.raises(lx.ConfigError, match=r"Parallel: `name` is the container's display name, so no child can"):
+        lx.Parallel(None, name=lx.Dense(2, 2))
 
 
 def test_skip_connection_wrapper_and_container(key):

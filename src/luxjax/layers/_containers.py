@@ -31,6 +31,8 @@ def _children_repr(items: Children) -> str:
 def _checked_name(owner: str, name: Any) -> str | None:
     if name is None or (isinstance(name, str) and name):
         return name
+    if isinstance(name, Layer):
+        raise ConfigError(f"{owner}: `name` is the container's display name, so no child can be called 'name'.")
     raise ConfigError(f"{owner}: `name` must be a non-empty string or None, got {name!r}.")
 
 
