@@ -20,10 +20,12 @@ from .core import Layer as Layer
 from .core import LayerError as LayerError
 from .core import NotALayerError as NotALayerError
 from .core import ShapeError as ShapeError
+from .core import StatefulLuxLayer as StatefulLuxLayer
 from .core import StructureError as StructureError
 from .core import Training as Training
 from .core import WrapperLayer as WrapperLayer
 from .core import apply as apply
+from .core import outputsize as outputsize
 from .core import parameter_count as parameter_count
 from .core import setup as setup
 from .core import state_count as state_count

@@ -34,7 +34,8 @@ def test_default_dense_init_is_lux_fan_in_uniform(key):
 
 
 def test_setup_rejects_non_layer_and_bad_key(key):
-    with pytest.raises(TypeError, match=r"setup: `model` must be a luxjax Layer, got 'dense' of type str"):
+    expected = r"setup: `model` must be a luxjax Layer, or a tuple, list or dict of them; got 'dense' of type str"
+    with pytest.raises(TypeError, match=expected):
         lx.setup(key, "dense")
     with pytest.raises(TypeError, match=r"setup: `key` must be a PRNG key such as `jax.random.key\(0\)`, got 0"):
         lx.setup(0, lx.Dense(2, 2))

@@ -25,6 +25,7 @@ from ._place import shardings as shardings
 from ._select import Where as Where
 from ._select import selector as selector
 from ._setup import apply as apply
+from ._setup import outputsize as outputsize
 from ._setup import parameter_count as parameter_count
 from ._setup import setup as setup
 from ._setup import state_count as state_count
@@ -34,6 +35,7 @@ from ._state import Training as Training
 from ._state import testmode as testmode
 from ._state import trainmode as trainmode
 from ._state import update_state as update_state
+from ._stateful import StatefulLuxLayer as StatefulLuxLayer
 from ._tree import Groups as Groups
 from ._tree import copy_dicts as copy_dicts
 from ._tree import is_array as is_array

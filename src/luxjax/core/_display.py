@@ -53,7 +53,7 @@ def _lines(layer: Layer, prefix: str, depth: int, times: int = 1) -> list[tuple[
     pad = "    " * depth
     if _is_one_line(layer):
         return [(f"{pad}{prefix}{layer!r},", _counts(layer, times))]
-    lines = [(f"{pad}{prefix}{type(layer).__name__}(", "")]
+    lines = [(f"{pad}{prefix}{layer.display_name()}(", "")]
     copies = layer.copies()
     for label, child, run in _runs(layer.children()):
         if layer.is_wrapper:

@@ -191,6 +191,10 @@ class Layer(metaclass=_LayerMeta):
         """Extra configuration lines shown after the children in `print(model)`."""
         return []
 
+    def display_name(self) -> str:
+        """The name `print(model)` shows for this layer: its class name, or the `name` a container was given."""
+        return type(self).__name__
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(cast(Any, self)))
         return f"{type(self).__name__}({fields})"

@@ -1,4 +1,4 @@
-"""`setup`, `apply`, `stateless_apply` and the parameter and state counts.
+"""`setup`, `apply`, `stateless_apply`, `outputsize` and the parameter and state counts.
 
 `setup` gives exactly what `model.init_params(k1), model.init_state(k2)` give for
 `k1, k2 = jax.random.split(key)`, bit for bit, in fewer dispatches: it walks the containers
@@ -24,7 +24,11 @@ from jax.sharding import Mesh
 from ._errors import NotALayerError
 from ._layer import Layer
 from ._place import Rules, sharded_setup
-from ._walk import What, _assembled, abstract_init, count
+from ._state import Training
+from ._stateful import StatefulLuxLayer
+from ._walk import What, _assembled, _count_tree, abstract_init, count
+
+Models = Layer | tuple | list | dict  # `setup` takes a layer or a (nested) tuple, list or dict of them
 
 
 def _check_model(fn: str, model: Any) -> Layer:
@@ -39,12 +43,14 @@ def _as_key(fn: str, key: Any) -> jax.Array:
     raise TypeError(f"{fn}: `key` must be a PRNG key such as `jax.random.key(0)`, got {key!r}.")
 
 
-def setup(key: jax.Array, model: Layer, *, mesh: Mesh | None = None, rules: Rules | None = None) -> tuple[dict, dict]:
+def setup(key: jax.Array, model: Models, *, mesh: Mesh | None = None, rules: Rules | None = None) -> tuple[Any, Any]:
     """Builds the parameter and state trees of `model`.
 
     Args:
         key: a PRNG key, e.g. `jax.random.key(0)`.
-        model: any luxjax layer.
+        model: any luxjax layer, or a tuple, list or dict of layers (for instance a generator
+            and a discriminator); then `ps` and `st` are a tuple, list or dict of the same
+            shape, holding what a `Chain` of those layers would hold for its children.
         mesh: optional `jax.sharding.Mesh`. With it, `ps` and `st` are made by one compiled
             init whose outputs are created already sharded as `luxjax.sharding.shardings(model,
             mesh, rules)` says: no device ever holds a full copy of a split parameter. The
@@ -61,20 +67,59 @@ def setup(key: jax.Array, model: Layer, *, mesh: Mesh | None = None, rules: Rule
         >>> ps, st = lx.setup(jax.random.key(0), model)
         >>> ps["layer_1"]["weight"].shape
         (4, 2)
+        >>> (ps_g, ps_d), _ = lx.setup(jax.random.key(0), (lx.Dense(2, 4), lx.Dense(4, 1)))
+        >>> ps_d["weight"].shape
+        (1, 4)
     """
-    model = _check_model("setup", model)
+    model = _check_models(model)
     key = _as_key("setup", key)
     if mesh is not None:
+        if not isinstance(model, Layer):
+            raise TypeError("setup: under a `mesh`, `model` must be one layer; put the layers in an `lx.Chain`.")
         return sharded_setup(key, model, mesh, rules)
     if rules is not None:
         raise TypeError("setup: `rules` say how to split parameters over a mesh; pass the `mesh` too.")
     if isinstance(key, Tracer):  # inside the user's own jit or eval_shape: one trace anyway
         key_ps, key_st = jax.random.split(key)
-        return model.init_params(key_ps), model.init_state(key_st)
+        return _init_traced(model, "params", key_ps), _init_traced(model, "state", key_st)
     impl = jax.random.key_impl(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else None
     data = np.asarray(jax.random.key_data(key) if impl is not None else key)
     data_ps, data_st = _split(data, 2, impl)
     return _init(model, "params", data_ps, impl), _init(model, "state", data_st, impl)
+
+
+def _check_models(model: Any, where: str = "") -> Any:
+    """`model` if it is a layer or a (nested) tuple, list or dict of layers, else an error naming the entry."""
+    if isinstance(model, Layer):
+        return model
+    if type(model) in (tuple, list, dict):
+        items = model.items() if isinstance(model, dict) else enumerate(model)
+        for name, value in items:
+            _check_models(value, f"{where}[{name!r}]")
+        return model
+    what = f"`model{where}`" if where else "`model`"
+    raise NotALayerError(
+        f"setup: {what} must be a luxjax Layer, or a tuple, list or dict of them; got {model!r} of type "
+        f"{type(model).__name__}."
+    )
+
+
+def _entries(models: tuple | list | dict) -> list[tuple[Any, Any]]:
+    return list(models.items()) if isinstance(models, dict) else list(enumerate(models))
+
+
+def _collect(models: tuple | list | dict, trees: list) -> Any:
+    if isinstance(models, dict):
+        return dict(zip(models, trees))
+    return type(models)(trees)
+
+
+def _init_traced(model: Any, what: What, key: jax.Array) -> Any:
+    if isinstance(model, Layer):
+        return getattr(model, _INIT[what])(key)
+    entries = _entries(model)
+    keys = jax.random.split(key, len(entries)) if entries else []
+    return _collect(model, [_init_traced(value, what, k) for (_, value), k in zip(entries, keys)])
 
 
 _INIT = {"params": "init_params", "state": "init_state"}
@@ -98,7 +143,11 @@ def _split(data: np.ndarray, n: int, impl: Any) -> np.ndarray:
     return np.asarray(_splitter(n, impl)(data))
 
 
-def _init(layer: Layer, what: What, data: np.ndarray, impl: Any) -> Any:
+def _init(layer: Any, what: What, data: np.ndarray, impl: Any) -> Any:
+    if not isinstance(layer, Layer):  # a tuple, list or dict of models: split the key as a container does
+        entries = _entries(layer)
+        keys = _split(data, len(entries), impl) if entries else []
+        return _collect(layer, [_init(value, what, k, impl) for (_, value), k in zip(entries, keys)])
     if _assembled(layer, what):
         children = layer.children()
         if layer.is_wrapper:
@@ -214,25 +263,91 @@ def stateless_apply(model: Layer, x: Any, ps: dict) -> Any:
     return model(x, ps, _empty_state(model))[0]
 
 
-def parameter_count(model: Layer) -> int:
-    """The number of trainable scalars of `model` (Lux's `parameterlength`).
+def parameter_count(model: Any) -> int:
+    """The number of trainable scalars of a model, or of a parameter tree (Lux's `parameterlength`).
 
-    Computed from shapes alone, without materialising arrays.
+    Args:
+        model: a layer (counted from shapes alone, without materialising arrays), or a tree of
+            arrays such as `ps` (or a tuple of them), or a `StatefulLuxLayer` (its `ps`).
 
     Example:
-        >>> import luxjax as lx
+        >>> import jax, luxjax as lx
         >>> lx.parameter_count(lx.Dense(2, 4))
         12
+        >>> ps, st = lx.setup(jax.random.key(0), lx.Dense(2, 4))
+        >>> lx.parameter_count(ps)
+        12
     """
-    return count(_check_model("parameter_count", model), "params")
+    if isinstance(model, StatefulLuxLayer):
+        model = model.ps
+    return count(model, "params") if isinstance(model, Layer) else _count_leaves("parameter_count", model)
 
 
-def state_count(model: Layer) -> int:
-    """The number of state scalars of `model` (Lux's `statelength`); a training flag counts 1.
+def state_count(model: Any) -> int:
+    """The number of state scalars of a model, or of a state tree (Lux's `statelength`); a training flag counts 1.
+
+    Example:
+        >>> import jax, luxjax as lx
+        >>> lx.state_count(lx.Dense(2, 4))
+        0
+        >>> _, st = lx.setup(jax.random.key(0), lx.BatchNorm(3))
+        >>> lx.state_count(st)
+        7
+    """
+    if isinstance(model, StatefulLuxLayer):
+        model = model.st
+    return count(model, "state") if isinstance(model, Layer) else _count_leaves("state_count", model)
+
+
+def _count_leaves(fn: str, tree: Any) -> int:
+    leaves = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, Training))
+    wrong = [leaf for leaf in leaves if not (isinstance(leaf, Training) or hasattr(leaf, "shape"))]
+    if wrong:
+        raise TypeError(
+            f"{fn}: expected a layer or a tree of arrays such as `ps` or `st`, got a tree with the leaf "
+            f"{wrong[0]!r} of type {type(wrong[0]).__name__}."
+        )
+    return _count_tree(tree)
+
+
+def outputsize(model: Layer, x: Any, *, dtype: Any = jnp.float32) -> Any:
+    """The shape of `model`'s output for the input `x`, from shapes alone (Lux's `outputsize`).
+
+    Nothing is computed: the parameters, states and the call are traced with
+    `jax.eval_shape`. Unlike Lux, the result keeps every axis, the batch axis included.
+
+    Args:
+        model: any luxjax layer.
+        x: an input, a `jax.ShapeDtypeStruct`, an input shape (a tuple of ints, with the
+            batch axis, read as an array of `dtype`), or a tuple of these for a model with
+            several inputs.
+        dtype: the dtype of inputs given as shapes.
+
+    Returns:
+        The output's shape, or a tree of shapes (a tuple for a model with several outputs).
 
     Example:
         >>> import luxjax as lx
-        >>> lx.state_count(lx.Dense(2, 4))
-        0
+        >>> model = lx.Chain(lx.Conv((3, 3), 1, 8), lx.FlattenLayer(), lx.Dense(8 * 26 * 26, 10))
+        >>> lx.outputsize(model, (32, 28, 28, 1))
+        (32, 10)
+        >>> lx.outputsize(lx.BranchLayer(lx.Dense(2, 3), lx.Dense(2, 5)), (4, 2))
+        ((4, 3), (4, 5))
     """
-    return count(_check_model("state_count", model), "state")
+    model = _check_model("outputsize", model)
+
+    def is_shape(value: Any) -> bool:
+        return type(value) in (tuple, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+    def spec(value: Any) -> Any:
+        if is_shape(value):
+            return jax.ShapeDtypeStruct(tuple(value), dtype)
+        return jax.ShapeDtypeStruct(jnp.shape(value), jnp.result_type(value))
+
+    specs = jax.tree.map(spec, x, is_leaf=is_shape)
+
+    def run(key: jax.Array, x: Any) -> Any:
+        return model(x, *setup(key, model))[0]
+
+    out = jax.eval_shape(run, jax.random.key(0), specs)
+    return jax.tree.map(lambda leaf: tuple(leaf.shape), out)
