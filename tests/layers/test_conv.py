@@ -147,7 +147,8 @@ def test_conv_rejects_wrong_channel_count(key):
     ps, st = lx.setup(key, model)
     with pytest.raises(
         lx.ShapeError,
-        match=r"Conv\(\(3, 3\), 3 => 8\): expected input with 3 channels in the last axis, got shape \(2, 8, 8, 1\)",
+        match=r"Conv\(\(3, 3\), 3 => 8, cross_correlation=True\): expected input with 3 channels in the last axis, "
+        r"got shape \(2, 8, 8, 1\)",
     ):
         model(jnp.ones((2, 8, 8, 1)), ps, st)
 

@@ -5,7 +5,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from ..core import ConfigError, Layer
-from ._containers import _children_repr, _named, _Sequence
+from ._containers import _checked_name, _children_repr, _name_repr, _named, _Sequence
 
 
 class Maxout(_Sequence):
@@ -14,6 +14,7 @@ class Maxout(_Sequence):
     Args:
         *layers: children named `layer_1`, `layer_2`, ... (at least one); they must give
             outputs of the same shape.
+        name: shown instead of `Maxout` when the model is printed, as on the other containers.
         **named_layers: children with the given names, in the given order.
 
     Lux's `Maxout(f, n)` (n copies of `f()`) is `Maxout(*(f() for _ in range(n)))`.
@@ -33,8 +34,9 @@ class Maxout(_Sequence):
         ((4, 3), ['layer_1', 'layer_2'])
     """
 
-    def __init__(self, *layers: Layer, **named_layers: Layer):
+    def __init__(self, *layers: Layer, name: str | None = None, **named_layers: Layer):
         self.layers = _named("Maxout", layers, named_layers)
+        self.name = _checked_name("Maxout", name)
         if not self.layers:
             raise ConfigError("Maxout: give at least one layer.")
 
@@ -46,4 +48,4 @@ class Maxout(_Sequence):
         return y, new_st
 
     def __repr__(self) -> str:
-        return f"Maxout({_children_repr(self.layers)})"
+        return f"Maxout({_children_repr(self.layers)}{_name_repr(self.name)})"
