@@ -19,6 +19,7 @@ from .core import KeyPath as KeyPath
 from .core import Layer as Layer
 from .core import LayerError as LayerError
 from .core import NotALayerError as NotALayerError
+from .core import Precision as Precision
 from .core import ShapeError as ShapeError
 from .core import StructureError as StructureError
 from .core import Training as Training
@@ -50,6 +51,7 @@ from .layers import LayerNorm as LayerNorm
 from .layers import LSTMCell as LSTMCell
 from .layers import MaxPool as MaxPool
 from .layers import MeanPool as MeanPool
+from .layers import MixedPrecision as MixedPrecision
 from .layers import MultiHeadAttention as MultiHeadAttention
 from .layers import NoOpLayer as NoOpLayer
 from .layers import PairwiseFusion as PairwiseFusion
@@ -61,5 +63,6 @@ from .layers import ReshapeLayer as ReshapeLayer
 from .layers import SkipConnection as SkipConnection
 from .layers import Stacked as Stacked
 from .layers import WrappedFunction as WrappedFunction
+from .layers import mixed_precision as mixed_precision
 
 __version__ = "0.1.0"

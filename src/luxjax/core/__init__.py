@@ -19,6 +19,10 @@ from ._layer import block_indices as block_indices
 from ._layer import check_layer_argument as check_layer_argument
 from ._layer import field as field
 from ._layer import running_block as running_block
+from ._precision import Precision as Precision
+from ._precision import cast_floating as cast_floating
+from ._precision import compute_dtype as compute_dtype
+from ._precision import computing_in as computing_in
 from ._select import Where as Where
 from ._select import selector as selector
 from ._setup import apply as apply

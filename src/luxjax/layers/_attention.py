@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from ..core import ConfigError, ContainerLayer, Layer, ShapeError, check_layer_argument
 from ._dense import Dense
-from ._util import check_positive, zeros
+from ._util import check_positive, float_dtype, in_dtype_of, zeros
 
 
 class MultiHeadAttention(ContainerLayer):
@@ -135,10 +135,12 @@ class MultiHeadAttention(ContainerLayer):
         k = jnp.reshape(k, (batch, kv_len, heads, head_dims))
         v = jnp.reshape(v, (batch, kv_len, heads, head_dims))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dims)
+        # The softmax runs in float32 (or wider) under a bfloat16/float16 policy, then back to v's dtype.
+        scores = scores.astype(float_dtype(scores))
         if mask is not None:
             mask = self._mask(mask, (batch, heads, q_len, kv_len))
             scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-        weights = jax.nn.softmax(scores, axis=-1)
+        weights = jax.nn.softmax(scores, axis=-1).astype(in_dtype_of(v))
         attended = jnp.reshape(jnp.einsum("bhqk,bkhd->bqhd", weights, v), (batch, q_len, self.dims))
         y, new_st["out_proj"] = self.call("out_proj", attended, ps, st)
         return ((y, weights) if self.return_weights else y), new_st
