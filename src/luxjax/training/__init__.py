@@ -8,6 +8,7 @@ from ._checkpoint import load_train_state as load_train_state
 from ._checkpoint import save as save
 from ._checkpoint import save_train_state as save_train_state
 from ._flatten import flatten_parameters as flatten_parameters
+from ._loss_scale import dynamic_loss_scale as dynamic_loss_scale
 from ._step import apply_gradients as apply_gradients
 from ._step import compute_gradients as compute_gradients
 from ._step import eval_step as eval_step
