@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -66,9 +66,9 @@ def dynamic_loss_scale(
         scale = jnp.asarray(initial_scale, jnp.float32)
         return DynamicLossScaleState(scale, jnp.zeros((), jnp.int32), guarded.init(params))
 
-    def update(grads: Any, state: DynamicLossScaleState, params: Any = None) -> tuple[Any, DynamicLossScaleState]:
+    def update(grads: Any, state: Any, params: Any = None) -> tuple[Any, DynamicLossScaleState]:
         updates, inner = guarded.update(grads, state.inner_state, params)
-        finite = inner.last_finite
+        finite = cast(optax.ApplyIfFiniteState, inner).last_finite
         grow = state.good_steps + 1 >= growth_interval
         scale = jnp.where(
             finite,
