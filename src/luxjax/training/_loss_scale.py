@@ -66,8 +66,8 @@ def dynamic_loss_scale(
         scale = jnp.asarray(initial_scale, jnp.float32)
         return DynamicLossScaleState(scale, jnp.zeros((), jnp.int32), guarded.init(params))
 
-    def update(grads: Any, state: Any, params: Any = None) -> tuple[Any, DynamicLossScaleState]:
-        updates, inner = guarded.update(grads, state.inner_state, params)
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, DynamicLossScaleState]:
+        updates, inner = guarded.update(updates, state.inner_state, params)
         finite = cast(optax.ApplyIfFiniteState, inner).last_finite
         grow = state.good_steps + 1 >= growth_interval
         scale = jnp.where(
