@@ -106,6 +106,7 @@ def run_workload(cells: list[Cell], settings: Settings, log: Callable[[str], Non
             row["not_measured"] = str(reason)
             log(f"  {cell.impl}: not measured: {reason}")
             continue
+        row["flops"] = getattr(step, "flops", None)
         gc.collect()
         start = time.perf_counter()
         loss = step()
@@ -133,6 +134,8 @@ def run_workload(cells: list[Cell], settings: Settings, log: Callable[[str], Non
         row["steps_per_measurement"] = inner[name]
         row["round_s"] = times[name]
         row["median_s"] = statistics.median(times[name]) if times[name] else None
+        if row["flops"] and row["median_s"]:
+            row["tflops"] = row["flops"] / row["median_s"] / 1e12
         row["loss_last"] = float(last_loss[name])
         row["loss_decreased"] = row["loss_last"] < row["loss_first"]
         ref = row["reference"]

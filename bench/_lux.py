@@ -25,10 +25,12 @@ def mlp(params):
     return model, ps, st
 
 
-def step_runner(model, ps, st, loss, batch, wrap=None, donate=False):
+def step_runner(model, ps, st, loss, batch, wrap=None, donate=False, flops=False):
     """The train step a user writes (as in examples/): `jax.value_and_grad` of the model call,
     optax adam, `jax.jit` over a closure of the model; `wrap` wraps the jitted step. With
-    `donate`, the step donates `ps`, `st` and the optimizer state to XLA."""
+    `donate`, the step donates `ps`, `st` and the optimizer state to XLA. With `flops`, the
+    returned `step` has a `flops` attribute: the step's floating-point operations as XLA's cost
+    analysis of the lowered step counts them."""
     tx = optax.adam(LEARNING_RATE)
 
     def train_step(ps, st, opt_state, x, y):
@@ -41,15 +43,24 @@ def step_runner(model, ps, st, loss, batch, wrap=None, donate=False):
         return optax.apply_updates(ps, updates), st, opt_state, value
 
     train_step = jax.jit(train_step, donate_argnums=(0, 1, 2) if donate else ())
+    state = [ps, st, tx.init(ps)]
+    count = _flops(train_step.lower(*state, *batch)) if flops else None
     if wrap is not None:
         train_step = wrap(train_step)
-    state = [ps, st, tx.init(ps)]
 
     def step():
         state[0], state[1], state[2], value = train_step(state[0], state[1], state[2], *batch)
         return value
 
+    step.flops = count
     return step
+
+
+def _flops(lowered):
+    """The `flops` entry of XLA's cost analysis (a dict, or a list of one dict in older JAX)."""
+    analysis = lowered.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    return (analysis or {}).get("flops")
 
 
 def train_state_runner(model, ps, st, loss, batch):

@@ -6,6 +6,8 @@ import io
 import jax
 import jax.numpy as jnp
 
+import luxjax as lx
+
 from . import _eqx, _hand, _lux, _nnx
 from ._harness import Cell, NotMeasured
 from ._workloads import Sizes, cnn_data, mlp_data, transformer_data
@@ -27,6 +29,7 @@ JAX, NNX_JIT, NNX_SM, EQX = "jax (hand-written)", "nnx.jit", "nnx split/merge", 
 NNX_FN = "nnx functional (merge in loss)"
 LUX_STEP, LUX_TS = "luxjax (user jit step)", "luxjax single_train_step"
 LUX_DONATE = "luxjax (user jit step, donating ps/st/opt)"
+LUX_BF16 = "luxjax (user jit step, bf16 compute)"  # lx.mixed_precision(model): float32 master parameters
 LUX_UNROLLED, LUX_STACKED, LUX_REMAT = "luxjax Chain (unrolled)", "luxjax Stacked", "luxjax Stacked(Remat(block))"
 
 
@@ -45,9 +48,9 @@ def _peer_cells(workload, kind, params, batch, hand_loss, heads=None, eqx_batch=
     ]
 
 
-def _lux_cells(workload, build, loss, batch):
+def _lux_cells(workload, build, loss, batch, flops=False):
     def user_step():
-        return _lux.step_runner(*build(), loss, batch)
+        return _lux.step_runner(*build(), loss, batch, flops=flops)
 
     def helper():
         return _lux.train_state_runner(*build(), loss, batch)
@@ -71,10 +74,18 @@ def cnn_cells(spec, seed):
 
 
 def transformer_cells(spec, seed):
+    """Workload 4, plus luxjax's float32 step against the same step under a bfloat16 policy, with TFLOP/s."""
     params, x, target = transformer_data(spec, seed)
     batch = _device(x, target)
     cells = _peer_cells("transformer", "transformer", params, batch, _hand.transformer_loss(spec.heads), spec.heads)
-    return cells + _lux_cells("transformer", lambda: _lux.transformer(params, spec.heads), _hand.mse, batch)
+
+    def bf16_step():
+        model, ps, st = _lux.transformer(params, spec.heads)
+        bf16 = lx.Precision(params=jnp.float32, compute=jnp.bfloat16, output=jnp.float32)
+        return _lux.step_runner(lx.mixed_precision(model, bf16), ps, st, _hand.mse, batch, flops=True)
+
+    lux = _lux_cells("transformer", lambda: _lux.transformer(params, spec.heads), _hand.mse, batch, flops=True)
+    return [*cells, lux[0], Cell("transformer", LUX_BF16, bf16_step, LUX_STEP, peer=False), *lux[1:]]
 
 
 def frozen_cells(spec, seed):

@@ -67,6 +67,10 @@ def test_every_luxjax_cell_ran_and_learned(smoke):
             assert row["same_start"], row
     mlp_step = [r for r in rows if r["workload"] in ("tiny", "medium") and r["impl"] == "luxjax (user jit step)"]
     assert len(mlp_step) == 2 and all("loss_first" in r for r in mlp_step)
+    transformer = {r["impl"]: r for r in rows if r["workload"] == "transformer"}
+    assert transformer["luxjax (user jit step, bf16 compute)"]["reference"] == "luxjax (user jit step)"
+    for impl in ("luxjax (user jit step)", "luxjax (user jit step, bf16 compute)"):
+        assert transformer[impl]["tflops"] > 0, transformer[impl]
     deep = {r["impl"]: r for r in rows if r["workload"] == "deep" and r.get("kind") == "memory"}
     assert deep["luxjax Stacked(Remat(block))"]["temp_bytes"] < deep["luxjax Stacked"]["temp_bytes"]
 

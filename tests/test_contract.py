@@ -6,7 +6,7 @@ import pytest
 
 import luxjax as lx
 import luxjax.experimental as lxe
-from luxjax.testing import check_layer
+from luxjax.testing import check_layer, check_precision
 
 ABSTRACT = {lx.Layer, lx.ContainerLayer, lx.WrapperLayer}
 
@@ -99,6 +99,13 @@ def registry():
         lxe.FrozenLayer: [(lxe.FrozenLayer(lx.Dense(2, 3), ("weight",)), x(3, 2))],
         lxe.LoRA: [(lxe.LoRA(lx.Dense(3, 4, jnp.tanh), 2, alpha=4.0), x(2, 3))],
         lxe.DebugLayer: [(lxe.DebugLayer(lx.Dense(2, 3, jnp.tanh)), x(3, 2))],
+        # Under check_precision's bfloat16 policy this one is nested: its own float32 policy wins inside.
+        lx.MixedPrecision: [
+            (
+                lx.MixedPrecision(lx.Chain(lx.Dense(3, 4, jnp.tanh), lx.LayerNorm(4)), lx.Precision(compute="float32")),
+                x(2, 3),
+            )
+        ],
     }
 
 
@@ -112,6 +119,12 @@ EXAMPLES = [
 @pytest.mark.parametrize(("model", "input_", "options"), EXAMPLES)
 def test_layer_contract(model, input_, options):
     check_layer(model, input_, **options)
+
+
+@pytest.mark.parametrize(("model", "input_", "options"), EXAMPLES)
+def test_layer_honours_mixed_precision(model, input_, options):
+    del options
+    check_precision(model, input_)
 
 
 def test_every_exported_layer_has_an_example():

@@ -19,6 +19,7 @@ from .core import KeyPath as KeyPath
 from .core import Layer as Layer
 from .core import LayerError as LayerError
 from .core import NotALayerError as NotALayerError
+from .core import Precision as Precision
 from .core import ShapeError as ShapeError
 from .core import StatefulLuxLayer as StatefulLuxLayer
 from .core import StructureError as StructureError
@@ -60,6 +61,7 @@ from .layers import LSTMCell as LSTMCell
 from .layers import Maxout as Maxout
 from .layers import MaxPool as MaxPool
 from .layers import MeanPool as MeanPool
+from .layers import MixedPrecision as MixedPrecision
 from .layers import MultiHeadAttention as MultiHeadAttention
 from .layers import NoOpLayer as NoOpLayer
 from .layers import PairwiseFusion as PairwiseFusion
@@ -83,5 +85,6 @@ from .layers import Upsample as Upsample
 from .layers import VariationalHiddenDropout as VariationalHiddenDropout
 from .layers import WeightNorm as WeightNorm
 from .layers import WrappedFunction as WrappedFunction
+from .layers import mixed_precision as mixed_precision
 
 __version__ = "0.1.0"

@@ -22,6 +22,10 @@ from ._layer import running_block as running_block
 from ._place import Parameter as Parameter
 from ._place import Rules as Rules
 from ._place import shardings as shardings
+from ._precision import Precision as Precision
+from ._precision import cast_floating as cast_floating
+from ._precision import compute_dtype as compute_dtype
+from ._precision import computing_in as computing_in
 from ._select import Where as Where
 from ._select import selector as selector
 from ._setup import apply as apply

@@ -13,7 +13,9 @@ from ..core import (
     StructureError,
     Where,
     abstract_init,
+    cast_floating,
     check_layer_argument,
+    compute_dtype,
     field,
     map_layers,
     parameter_count,
@@ -88,7 +90,8 @@ class FrozenLayer(Layer):
 
     def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
         _check_frozen_state(self, st)
-        frozen = jax.lax.stop_gradient(st["frozen_params"])
+        # Under a precision policy the frozen values are cast as the policy casts `ps`.
+        frozen = cast_floating(jax.lax.stop_gradient(st["frozen_params"]), compute_dtype())
         merged = _merge(abstract_init(self.layer, "params"), ps, frozen)
         y, inner_st = self.layer(x, merged, st["states"])
         return y, {"frozen_params": st["frozen_params"], "states": inner_st}

@@ -15,7 +15,9 @@ from ..core import (
     StructureError,
     Where,
     abstract_init,
+    cast_floating,
     check_layer_argument,
+    compute_dtype,
     parameter_count,
     selector,
     tied_groups,
@@ -108,7 +110,8 @@ class LoRA(Layer):
 
     def __call__(self, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
         _check_frozen_state(self, st)
-        base = jax.lax.stop_gradient(st["frozen_params"])
+        # Under a precision policy the frozen base is cast as the policy casts `ps`.
+        base = cast_floating(jax.lax.stop_gradient(st["frozen_params"]), compute_dtype())
         weight = base["weight"] + self.delta(ps).astype(base["weight"].dtype)
         y, inner_st = self.layer(x, {**base, "weight": weight}, st["states"])
         return y, {"frozen_params": st["frozen_params"], "states": inner_st}

@@ -38,6 +38,8 @@ from ._pool import GlobalMeanPool as GlobalMeanPool
 from ._pool import LPPool as LPPool
 from ._pool import MaxPool as MaxPool
 from ._pool import MeanPool as MeanPool
+from ._precision import MixedPrecision as MixedPrecision
+from ._precision import mixed_precision as mixed_precision
 from ._recurrent import BidirectionalRNN as BidirectionalRNN
 from ._recurrent import GRUCell as GRUCell
 from ._recurrent import LSTMCell as LSTMCell

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from ..core import ConfigError, ContainerLayer, Layer, ShapeError, check_layer_argument
 from ._dense import Dense
 from ._dropout import Dropout
-from ._util import check_positive, zeros
+from ._util import check_positive, float_dtype, in_dtype_of, zeros
 
 _SIZES = ("key_dims", "value_dims", "qk_dims", "v_dims", "out_dims")
 
@@ -210,10 +210,12 @@ class MultiHeadAttention(ContainerLayer):
             new_st["attention_dropout"] = st["attention_dropout"]
         weights = None
         if self.return_weights or self._dropping(st) or qk_head != v_head:
-            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(qk_head)
+            # the softmax runs in float32 (or wider) under a bfloat16/float16 policy, then back to v's dtype
+            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+            scores = scores.astype(float_dtype(scores)) / math.sqrt(qk_head)
             if mask is not None:
                 scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-            weights = jax.nn.softmax(scores, axis=-1).astype(jnp.result_type(v))
+            weights = jax.nn.softmax(scores, axis=-1).astype(in_dtype_of(v))
             if self.attention_dropout is not None:
                 weights, new_st["attention_dropout"] = self.call("attention_dropout", weights, ps, st)
             attended = jnp.einsum("bhqk,bkhd->bqhd", weights, v)

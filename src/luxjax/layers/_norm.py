@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ..core import ConfigError, Layer, ShapeError, Training, field
-from ._util import activation_repr, as_tuple, check_activation, check_positive, int_tuple
+from ._util import activation_repr, as_tuple, check_activation, check_positive, float_dtype, in_dtype_of, int_tuple
 
 
 def _check_config(layer: Any, ints: tuple[str, ...]) -> None:
@@ -123,12 +123,13 @@ class BatchNorm(Layer):
         _channels_last(self, x, self.channels)
         axes = tuple(range(jnp.ndim(x) - 1))
         lead = (1,) * len(axes)
+        dtype, x = in_dtype_of(x), x.astype(float_dtype(x))
         if st["training"] or not self.track_stats:
             mean, var = jnp.mean(x, axis=axes), jnp.var(x, axis=axes)
         else:
             mean, var = st["running_mean"].astype(x.dtype), st["running_var"].astype(x.dtype)
         x_hat = (x - jnp.reshape(mean, lead + (-1,))) * jax.lax.rsqrt(jnp.reshape(var, lead + (-1,)) + self.epsilon)
-        y = _finish(self, x_hat, ps, 1)
+        y = _finish(self, x_hat, ps, 1).astype(dtype)
         if st["training"] and self.track_stats:
             n = math.prod(jnp.shape(x)[:-1])
             batch_mean = jax.lax.stop_gradient(mean).astype(st["running_mean"].dtype)
@@ -216,9 +217,10 @@ class LayerNorm(Layer):
             if any(not -ndim <= a < ndim for a in self.axes):
                 raise ShapeError(self, f"`axes` {self.axes} are out of range for an input of shape {shape}.")
             axes = tuple(sorted(a % ndim for a in self.axes))
+        dtype, x = in_dtype_of(x), x.astype(float_dtype(x))
         mean = jnp.mean(x, axis=axes, keepdims=True)
         var = jnp.var(x, axis=axes, keepdims=True)
-        return _finish(self, (x - mean) * jax.lax.rsqrt(var + self.epsilon), ps, k), st
+        return _finish(self, (x - mean) * jax.lax.rsqrt(var + self.epsilon), ps, k).astype(dtype), st
 
     def __repr__(self) -> str:
         shape = self.shape[0] if len(self.shape) == 1 else self.shape
@@ -272,13 +274,13 @@ class GroupNorm(Layer):
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
         _channels_last(self, x, self.channels)
-        shape = jnp.shape(x)
-        grouped = jnp.reshape(x, (*shape[:-1], self.groups, self.channels // self.groups))
+        shape, dtype = jnp.shape(x), in_dtype_of(x)
+        grouped = jnp.reshape(x.astype(float_dtype(x)), (*shape[:-1], self.groups, self.channels // self.groups))
         axes = (*range(1, len(shape) - 1), len(shape))
         mean = jnp.mean(grouped, axis=axes, keepdims=True)
         var = jnp.var(grouped, axis=axes, keepdims=True)
         x_hat = jnp.reshape((grouped - mean) * jax.lax.rsqrt(var + self.epsilon), shape)
-        return _finish(self, x_hat, ps, 1), st
+        return _finish(self, x_hat, ps, 1).astype(dtype), st
 
     def __repr__(self) -> str:
         return f"GroupNorm({self.channels}, {self.groups}{_extra_repr(self, {'epsilon': 1e-5, 'affine': True})})"

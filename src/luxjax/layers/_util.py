@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ..core import ConfigError, Layer, ShapeError, function_name
+from ..core import ConfigError, Layer, ShapeError, compute_dtype, function_name
 
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
 Padding = str | tuple[tuple[int, int], ...]
@@ -182,3 +182,29 @@ def check_probability(owner: Any, name: str = "p") -> None:
 def keep_mask(key: jax.Array, p: float, shape: tuple[int, ...]) -> jax.Array:
     """A boolean mask of `shape`, each entry `True` (keep) with probability `1 - p`."""
     return jax.random.bernoulli(key, 1 - p, shape)
+
+
+# -- dtypes (mixed precision) -------------------------------------------------------------------
+
+
+def in_dtype_of(x: Any) -> Any:
+    """The floating dtype a layer computes in for input `x`.
+
+    `x`'s own dtype when it is floating (a `MixedPrecision` policy has cast it already);
+    otherwise (integer indices, booleans) the running policy's compute dtype, or float32.
+    """
+    dtype = jnp.result_type(x)
+    if jnp.issubdtype(dtype, jnp.floating):
+        return dtype
+    return compute_dtype() or jnp.dtype(jnp.float32)
+
+
+def float_dtype(x: Any) -> Any:
+    """float32, or `x`'s dtype if it is wider: the dtype for statistics, softmax and long sums.
+
+    bfloat16 and float16 have 8 and 11 bits of mantissa; normalisation statistics and
+    softmax computed in them lose most of their digits, so layers compute those in
+    `float_dtype(x)` and cast the result back to `in_dtype_of(x)`.
+    """
+    dtype = in_dtype_of(x)
+    return jnp.dtype(jnp.float32) if jnp.finfo(dtype).bits < 32 else dtype

@@ -10,6 +10,7 @@ from ._checkpoint import load_train_state as load_train_state
 from ._checkpoint import save as save
 from ._checkpoint import save_train_state as save_train_state
 from ._flatten import flatten_parameters as flatten_parameters
+from ._loss_scale import dynamic_loss_scale as dynamic_loss_scale
 from ._sharded import load_sharded as load_sharded
 from ._sharded import load_train_state_sharded as load_train_state_sharded
 from ._sharded import save_sharded as save_sharded

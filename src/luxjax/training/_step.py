@@ -14,6 +14,7 @@ import jax
 import optax
 
 from ..core import Groups, KeyPath, misfit, replace_at, testmode
+from ._loss_scale import loss_scale
 from ._train_state import Build, Placement, TrainState, compiled, constrain, expand_ties, optimizer_promotion
 
 Objective = Callable[[Any, Any, Any, Any], tuple[Any, Any, Any]]
@@ -49,12 +50,17 @@ def _call(objective: Objective, model: Any, ps: Any, st: Any, data: Any) -> tupl
     return result
 
 
-def _value_and_grad(objective: Objective, model: Any, ties: Groups, reduced: Any, st: Any, data: Any):
-    def loss_fn(ps: Any, st: Any) -> tuple[Any, tuple[Any, Any]]:
-        loss, st, stats = _call(objective, model, ps, st, data)
-        return loss, (st, stats)
+def _value_and_grad(objective: Objective, model: Any, ties: Groups, reduced: Any, st: Any, data: Any, scale: Any):
+    """Gradients of the loss; with a loss scale (`dynamic_loss_scale`), of the scaled loss, divided by it again."""
 
-    (loss, (st, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(expand_ties(reduced, ties), st)
+    def loss_fn(ps: Any, st: Any) -> tuple[Any, tuple[Any, Any, Any]]:
+        loss, st, stats = _call(objective, model, ps, st, data)
+        scaled = loss if scale is None else loss * scale.astype(loss.dtype)
+        return scaled, (loss, st, stats)
+
+    (_, (loss, st, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(expand_ties(reduced, ties), st)
+    if scale is not None:
+        grads = jax.tree.map(lambda g: g / scale.astype(g.dtype), grads)
     return grads, loss, stats, st
 
 
@@ -67,7 +73,7 @@ def _update(optimizer: optax.GradientTransformation, ties: Groups, reduced: Any,
 def _build_single(return_gradients: bool) -> Build:
     def build(objective: Objective, model: Any, optimizer: Any, ties: Groups, where: Placement) -> Callable:
         def single(reduced, st, opt_state, data):
-            grads, loss, stats, st = _value_and_grad(objective, model, ties, reduced, st, data)
+            grads, loss, stats, st = _value_and_grad(objective, model, ties, reduced, st, data, loss_scale(opt_state))
             reduced, opt_state = _update(optimizer, ties, reduced, opt_state, grads)
             if where is not None:  # keep every array where it was placed
                 reduced, st, opt_state = (constrain(t, w) for t, w in zip((reduced, st, opt_state), where))
@@ -86,8 +92,8 @@ _SINGLE_KIND = {True: "single", False: "single without gradients"}
 def _build_gradients(objective: Objective, model: Any, optimizer: Any, ties: Groups, where: Placement) -> Callable:
     del optimizer
 
-    def gradients(reduced, st, data):
-        grads, loss, stats, st = _value_and_grad(objective, model, ties, reduced, st, data)
+    def gradients(reduced, st, data, scale):
+        grads, loss, stats, st = _value_and_grad(objective, model, ties, reduced, st, data, scale)
         return grads, loss, stats, st if where is None else constrain(st, where[1])
 
     return jax.jit(gradients)
@@ -134,7 +140,8 @@ def compute_gradients(objective: Objective, data: Any, ts: TrainState) -> tuple[
     Returns `(grads, loss, stats, ts)`, where `ts` carries the new states (as in Lux). `grads`
     has the structure of `ps`; a tied place holds the gradient through that place alone (as
     `jax.grad` of the untied tree would), and `apply_gradients` sums them per tie group.
-    Nothing is donated.
+    Nothing is donated. Under `dynamic_loss_scale` the loss is scaled for the backward pass
+    and the gradients unscaled again: they are the true gradients.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax, luxjax as lx
@@ -152,7 +159,7 @@ def compute_gradients(objective: Objective, data: Any, ts: TrainState) -> tuple[
     _check("compute_gradients", ts, objective)
     fn = compiled(ts, "gradients", objective, _build_gradients)
     reduced = ts._reduced_parameters()
-    grads, loss, stats, st = fn(reduced, ts.states, data)
+    grads, loss, stats, st = fn(reduced, ts.states, data, loss_scale(ts.optimizer_state))
     new = TrainState._new(
         ts.model,
         reduced,
