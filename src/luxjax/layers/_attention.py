@@ -26,7 +26,9 @@ class MultiHeadAttention(ContainerLayer):
     with `q = q_proj(query)`, `k = k_proj(key)`, `v = v_proj(value)`. The attention itself is
     `jax.nn.dot_product_attention` (which picks a fused kernel on GPU) unless the weights are
     needed: with `return_weights`, with attention dropout in training mode, or when the value
-    heads differ in size from the query/key heads, it is computed step by step. Either way the
+    heads differ in size from the query/key heads, it is computed step by step (also for
+    bfloat16/float16 inputs under `jax_numpy_dtype_promotion="strict"`, where the fused
+    path's gradient mixes dtypes that strict promotion refuses). Either way the
     softmax runs in float32 and the result is cast back to the input's dtype, so a bfloat16
     input gives a bfloat16 output.
 
@@ -209,7 +211,10 @@ class MultiHeadAttention(ContainerLayer):
         if self.attention_dropout is not None:
             new_st["attention_dropout"] = st["attention_dropout"]
         weights = None
-        if self.return_weights or self._dropping(st) or qk_head != v_head:
+        # JAX's fused attention mixes float32 into a bfloat16/float16 computation, and its
+        # gradient then fails under strict dtype promotion: there the step-by-step path runs.
+        strict_low = jax.config.jax_numpy_dtype_promotion == "strict" and jnp.finfo(q.dtype).bits < 32
+        if self.return_weights or self._dropping(st) or qk_head != v_head or strict_low:
             # the softmax runs in float32 (or wider) under a bfloat16/float16 policy, then back to v's dtype
             scores = jnp.einsum("bqhd,bkhd->bhqk", q, k)
             scores = scores.astype(float_dtype(scores)) / math.sqrt(qk_head)
@@ -220,9 +225,7 @@ class MultiHeadAttention(ContainerLayer):
                 weights, new_st["attention_dropout"] = self.call("attention_dropout", weights, ps, st)
             attended = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         else:
-            # JAX's XLA implementation mixes bfloat16 with float32 inside, which strict promotion rejects.
-            with jax.numpy_dtype_promotion("standard"):
-                attended = jax.nn.dot_product_attention(q, k, v, mask=mask)
+            attended = jax.nn.dot_product_attention(q, k, v, mask=mask)
         attended = jnp.reshape(attended, (batch, q_len, self.v_dims))
         y, new_st["out_proj"] = self.call("out_proj", attended, ps, st)
         return ((y, weights) if self.return_weights else y), new_st
