@@ -213,7 +213,9 @@ class MultiHeadAttention(ContainerLayer):
         weights = None
         # JAX's fused attention mixes float32 into a bfloat16/float16 computation, and its
         # gradient then fails under strict dtype promotion: there the step-by-step path runs.
-        strict_low = jax.config.jax_numpy_dtype_promotion == "strict" and jnp.finfo(q.dtype).bits < 32
+        promotion = jax.config.jax_numpy_dtype_promotion  # pyright: ignore[reportAttributeAccessIssue]
+        strict = promotion == "strict"  # the current value, `jax.numpy_dtype_promotion` context included
+        strict_low = strict and jnp.finfo(q.dtype).bits < 32
         if self.return_weights or self._dropping(st) or qk_head != v_head or strict_low:
             # the softmax runs in float32 (or wider) under a bfloat16/float16 policy, then back to v's dtype
             scores = jnp.einsum("bqhd,bkhd->bhqk", q, k)
