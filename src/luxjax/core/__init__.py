@@ -16,6 +16,7 @@ from ._layer import ContainerLayer as ContainerLayer
 from ._layer import Layer as Layer
 from ._layer import WrapperLayer as WrapperLayer
 from ._layer import block_indices as block_indices
+from ._layer import check_fit as check_fit
 from ._layer import check_layer_argument as check_layer_argument
 from ._layer import field as field
 from ._layer import running_block as running_block

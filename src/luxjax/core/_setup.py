@@ -54,6 +54,8 @@ def setup(key: jax.Array, model: Layer) -> tuple[dict, dict]:
         >>> ps["layer_1"]["weight"].shape
         (4, 2)
     """
+    if isinstance(key, Layer) and not isinstance(model, Layer):
+        raise TypeError("setup: the arguments are swapped: call it as `luxjax.setup(key, model)`, the key first.")
     model = _check_model("setup", model)
     key = _as_key("setup", key)
     if isinstance(key, Tracer):  # inside the user's own jit or eval_shape: one trace anyway

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import optax
 
-from ..core import Groups, Layer, NotALayerError, replace_at, share_parameters, testmode, tie, tied_groups
+from ..core import Groups, Layer, NotALayerError, check_fit, replace_at, share_parameters, testmode, tie, tied_groups
 
 
 @contextlib.contextmanager
@@ -169,6 +169,7 @@ class TrainState:
             raise TypeError(f"TrainState: `optimizer` must be an optax GradientTransformation, got {optimizer!r}.")
         if ties is not None:
             ps = share_parameters(ps, ties)
+        check_fit("TrainState", model, ps, st)
         groups = tied_groups(ps)
         reduced, st = own(reduce_ties(ps, groups), st)
         # jit so that the moments follow the parameters' shardings (and are not on one device).
@@ -234,6 +235,8 @@ class TrainState:
             (reduced,) = own(reduce_ties(parameters, self.ties))
             parameters = expand_ties(reduced, self.ties)
         states = own(changes["states"])[0] if "states" in changes else self.states
+        if "parameters" in changes or "states" in changes:
+            check_fit("TrainState.replace", self.model, parameters, states)
         opt_state = own(changes["optimizer_state"])[0] if "optimizer_state" in changes else self.optimizer_state
         step = changes.get("step", self.step)
         return TrainState._new(
