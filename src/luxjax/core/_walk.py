@@ -205,7 +205,7 @@ def _shapes(tree: Any) -> dict[str, Any]:
     }
 
 
-_KINDS = {"f": "float", "c": "complex", "i": "integer", "u": "integer", "b": "bool"}
+_KINDS = (("float", jnp.floating), ("complex", jnp.complexfloating), ("integer", jnp.integer), ("bool", jnp.bool_))
 
 
 def _dtype(leaf: Any) -> Any:
@@ -222,7 +222,7 @@ def kind(leaf: Any) -> str:
     dtype = _dtype(leaf)
     if jnp.issubdtype(dtype, jax.dtypes.prng_key):
         return "key"
-    return _KINDS.get(np.dtype(dtype).kind, str(dtype))
+    return next((name for name, base in _KINDS if jnp.issubdtype(dtype, base)), str(dtype))
 
 
 def _kinds(tree: Any) -> dict[str, tuple[str, str]]:
