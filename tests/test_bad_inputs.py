@@ -50,7 +50,7 @@ def test_parameters_of_an_integer_dtype(key):
     model = lx.Chain(lx.Dense(2, 3), lx.Dense(3, 1))
     ps, st = lx.setup(key, model)
     ints = jax.tree.map(lambda a: a.astype(jnp.int32), ps)
-    with pytest.raises(lx.StructureError, match=r"'layer_1.bias' has dtype int32, expected a float dtype such as float32"):
+    with pytest.raises(lx.StructureError, match=r"'layer_1.bias' has dtype int32, expected a float dtype such as"):
         model(jnp.ones((4, 2)), ints, st)
     with pytest.raises(lx.StructureError, match=r"freeze: `ps` does not fit the layer: 'layer_1.bias' has dtype int32"):
         lxe.freeze(model, ints, st, ("layer_1.weight",))
@@ -82,7 +82,7 @@ def test_freeze_unfreeze_and_train_state_check_the_trees(key):
 def test_a_call_without_states(key):
     model = lx.Dense(2, 3)
     ps, _ = lx.setup(key, model)
-    with pytest.raises(TypeError, match=r"Dense\(2 => 3\) was called without `st`: call it as `y, st = model\(x, ps, st\)`"):
+    with pytest.raises(TypeError, match=r"Dense\(2 => 3\) was called without `st`: call it as `y, st = model"):
         model(jnp.ones((1, 2)), ps)  # type: ignore[call-arg]
 
 

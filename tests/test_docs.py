@@ -55,4 +55,3 @@ def test_page_runs_and_prints_what_it_shows(page):
                     example.evaluate()
     finally:
         os.chdir(here)  # a page may move to a temporary folder to write files
-
