@@ -68,7 +68,7 @@ class _LayerMeta(type):
             layer.__init__(*args, **kwargs)
         finally:
             _BUILDING.discard(id(layer))
-        for name in layer._flags:
+        for name in getattr(cls, "_flags", ()):
             value = getattr(layer, name)
             if not isinstance(value, bool | np.bool_):
                 raise ConfigError(f"{cls.__name__}: `{name}` must be True or False, got {value!r}.")
