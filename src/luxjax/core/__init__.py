@@ -44,6 +44,7 @@ from ._tree import tied_groups as tied_groups
 from ._walk import What as What
 from ._walk import abstract_init as abstract_init
 from ._walk import assembled as assembled
+from ._walk import in_order as in_order
 from ._walk import iter_layers as iter_layers
 from ._walk import map_layers as map_layers
 from ._walk import misfit as misfit

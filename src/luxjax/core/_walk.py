@@ -108,12 +108,13 @@ def _trace(layer: Any, what: What) -> Any:
         return tree
 
     shapes = jax.eval_shape(run, _dummy_key())
-    return _in_order(traced[0], shapes)  # eval_shape sorts dict keys; keep the layer's own order
+    return in_order(traced[0], shapes)  # eval_shape sorts dict keys; keep the layer's own order
 
 
-def _in_order(order: Any, tree: Any) -> Any:
+def in_order(order: Any, tree: Any) -> Any:
+    """`tree` with its dicts' keys in the order of `order`'s (JAX's pytree functions sort them)."""
     if isinstance(order, Mapping) and isinstance(tree, Mapping):
-        return {k: _in_order(order[k], tree[k]) for k in order if k in tree}
+        return {k: in_order(order[k], tree[k]) for k in order if k in tree}
     return tree
 
 
