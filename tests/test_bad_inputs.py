@@ -125,3 +125,33 @@ def test_help_shows_readable_defaults():
                 except (TypeError, ValueError):
                     continue
                 assert " at 0x" not in signature, f"{module.__name__}.{name}{signature}"
+
+
+class Boom(lx.Layer):
+    """Raises an error carrying a note of its own."""
+
+    def __call__(self, x, ps, st):
+        error = ValueError("boom")
+        error.add_note("the layer's own note")
+        raise error
+
+
+@pytest.mark.parametrize("error_check", [False, True])
+def test_debug_mode_keeps_the_original_error_and_its_notes(key, error_check):
+    model = lx.Chain(lx.Dense(2, 2), Boom())
+    ps, st = lx.setup(key, model)
+    with pytest.raises(ValueError, match=r"^boom\n") as caught:
+        lxe.debug_mode(model, error_check=error_check)(jnp.ones((1, 2)), ps, st)
+    notes = caught.value.__notes__
+    assert notes[0] == "the layer's own note"
+    assert not any("JAX has removed its internal frames" in note for note in notes)
+    assert len(notes) == (2 if error_check else 1)
+
+
+def test_a_nan_under_jit_prints_nothing_but_the_error(key, capfd):
+    model = lx.Chain(lx.Dense(2, 2), lx.Dense(2, 1))
+    ps, st = lx.setup(key, model)
+    ps["layer_2"]["bias"] = jnp.full((1,), jnp.nan)
+    with pytest.raises(lx.NaNError, match=r"NaN detected in parameters \(bias\) of layer Dense\(2 => 1\) at location"):
+        lxe.raise_nan_errors(jax.jit(lxe.debug_mode(model)))(jnp.ones((1, 2)), ps, st)
+    assert capfd.readouterr().err == ""

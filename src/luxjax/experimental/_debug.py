@@ -148,6 +148,18 @@ def checks_for(owner: str, nan_check: Any = "both", error_check: bool = True, ch
     return (*checks, ErrorCheck()) if error_check else tuple(checks)
 
 
+def _drop_jax_note(error: BaseException) -> None:
+    """Removes the note JAX adds at the custom VJP (a JAX API boundary) about frames it left out.
+
+    Eagerly the custom VJP is the outermost JAX call, so JAX notes there that it filtered its
+    own frames; the plain layer's error has no such note. Under an outer `jax.jit` the note is
+    added later, at the jit, as for the plain model.
+    """
+    notes = getattr(error, "__notes__", None)
+    if notes:
+        error.__notes__ = [note for note in notes if "JAX has removed its internal frames" not in note]
+
+
 class DebugLayer(WrapperLayer):
     """Runs `layer` unchanged, checking for NaNs and locating errors; see `debug_mode`.
 
@@ -327,7 +339,11 @@ class DebugLayer(WrapperLayer):
             return self._forward(lambda *args: (self._run(*args), None), x, ps, st, running_indices())[0]
         # The block indices are read here, while the enclosing stacks run; the backward pass
         # (traced later, outside their loops) gets them as an input of the custom VJP.
-        return self._checked_vjp()(x, ps, st, running_indices())
+        try:
+            return self._checked_vjp()(x, ps, st, running_indices())
+        except Exception as error:  # the layer's own error, as the plain layer raises it
+            _drop_jax_note(error)
+            raise
 
     def _checked_vjp(self) -> Callable:
         @jax.custom_vjp
