@@ -155,3 +155,27 @@ def test_a_nan_under_jit_prints_nothing_but_the_error(key, capfd):
     with pytest.raises(lx.NaNError, match=r"NaN detected in parameters \(bias\) of layer Dense\(2 => 1\) at location"):
         lxe.raise_nan_errors(jax.jit(lxe.debug_mode(model)))(jnp.ones((1, 2)), ps, st)
     assert capfd.readouterr().err == ""
+
+
+def test_raise_nan_errors_in_a_thread_other_than_the_one_that_compiled(key):
+    import threading
+
+    model = lx.Chain(lx.Dense(2, 2), lx.Dense(2, 1))
+    ps, st = lx.setup(key, model)
+    step = lxe.raise_nan_errors(jax.jit(lxe.debug_mode(model)))
+    step(jnp.ones((1, 2)), ps, st)  # compiled here
+    bad = {**ps, "layer_2": {**ps["layer_2"], "bias": jnp.full((1,), jnp.nan)}}
+    raised = []
+
+    def run():
+        try:
+            step(jnp.ones((1, 2)), bad, st)
+        except Exception as error:  # whatever comes out, to inspect below
+            raised.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert len(raised) == 1 and type(raised[0]) is lx.NaNError
+    with pytest.raises(lx.NaNError, match=r"NaN detected in parameters \(bias\) of layer Dense\(2 => 1\) at location"):
+        raise raised[0]
