@@ -1,5 +1,13 @@
-"""Test configuration: JAX strict about dtype and rank promotion, as STYLE asks."""
+"""Test configuration: JAX strict about dtype and rank promotion, as STYLE asks; hypothesis profiles.
 
+The property tests take their number of examples from the hypothesis profile: `ci` (the
+default, about 10 each, for `make test`) or `nightly` (200 each), chosen with
+`HYPOTHESIS_PROFILE=nightly`.
+"""
+
+import os
+
+import hypothesis
 import jax
 import jax.numpy as jnp
 import pytest
@@ -8,6 +16,10 @@ import luxjax as lx
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+hypothesis.settings.register_profile("ci", max_examples=10, deadline=None, print_blob=True)
+hypothesis.settings.register_profile("nightly", max_examples=200, deadline=None, print_blob=True)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

@@ -37,6 +37,17 @@ def progress(iterable: Iterable, *, total: int, desc: str, disable: bool) -> Any
     return tqdm(iterable, total=total, desc=desc, disable=disable, leave=True, dynamic_ncols=True, mininterval=0.5)
 
 
+def stop(bar: Any, count: int) -> None:
+    """Closes a bar that ends early at `count`, the steps actually run.
+
+    A bar iterating keeps its count to itself between refreshes, so closing it in the middle
+    of a loop would leave the count of its last refresh (often 0 or 1) on screen.
+    """
+    bar.n = count
+    bar.refresh()
+    bar.close()
+
+
 def tree_size(tree: Any) -> int:
     """The number of scalars in all array leaves of `tree` (optimizer states, parameters)."""
     return sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(tree) if hasattr(leaf, "shape"))

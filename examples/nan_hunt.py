@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _example_utils import parser, progress, rule
+from _example_utils import parser, progress, rule, stop
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         losses.append(float(new[3]))
         if not bool(new[4]):  # keep the state from before the bad update, to replay the step
             failed_at = step
-            bar.close()
+            stop(bar, step)
             break
         ps, st, opt_state = new[:3]
         if step % 50 == 0:

@@ -1,56 +1,57 @@
-"""The Python in the README and the docs pages runs as written, and prints what the pages say."""
+"""The Python in the README and the docs pages runs as written, and prints what the pages show.
+
+Sybil reads each page: its ```python blocks (doctest-style ones too) run in order in one
+namespace, one test per page (so a parallel run never splits a page), and each ```output
+block must equal exactly what the ```python block above it printed.
+Errors a page shows are printed and then shown in an ```output block, so their text is checked.
+"""
 
 import contextlib
+import doctest
 import io
 import os
 import pathlib
-import re
 
 import jax
 import pytest
+from sybil import Sybil
+from sybil.parsers.markdown import CodeBlockParser, PythonCodeBlockParser
 
 ROOT = pathlib.Path(__file__).parents[1]
-# Every page with Python: each page's blocks form one program, run in order in one namespace.
-PAGES = [
-    "README.md",
-    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md") if "```python" in p.read_text()),
-]
+PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 
 
-def run_page(page: str) -> str:
-    code = "\n".join(re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), re.S))
-    out, here = io.StringIO(), os.getcwd()
-    try:
-        with jax.numpy_dtype_promotion("standard"), contextlib.redirect_stdout(out):  # a user's default
-            exec(compile(code, page, "exec"), {"__name__": f"docs_{page}"})
-    finally:
-        os.chdir(here)  # a page may move to a temporary folder to write files
-    return out.getvalue()
+class PrintedOutput(CodeBlockParser):
+    """An ```output block: exactly what the ```python block above it printed."""
+
+    language = "output"
+
+    def evaluate(self, example):
+        text = example.namespace["__printed__"].getvalue()
+        if text != example.parsed:
+            return f"the page's Python printed\n{text}\nbut the page shows\n{example.parsed}"
+        return None
+
+
+OUTPUT = PrintedOutput()
+SYBIL = Sybil(
+    parsers=[PythonCodeBlockParser(doctest_optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE), OUTPUT]
+)
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_page_code_runs(page):
-    printed = run_page(page)
-    if page == "README.md":  # the fifteen lines print the model as the README shows
-        shown = re.search(r"\nprints\n\n```\n(.*?)```", (ROOT / page).read_text(), re.S)
-        assert shown is not None and printed == shown.group(1)
-    if page == "docs/layer_map.md":
-        assert printed.startswith("zeroing params of KeyPath('chain', 'dense_1')\n")
-    if page == "docs/core.md":
-        assert "Dense(4 => 4) at block.body.layer_1: expected input with last axis 4, got shape (2, 3)." in printed
-    if page == "docs/debugging.md":  # each error shown on the page is the one raised
-        assert printed.splitlines() == [
-            "Dense(1 => 1) at layer_2.layer_2: expected input with last axis 1, got shape (4, 3).",
-            "Dense(1 => 1) at layer_2.layer_2: expected input with last axis 1, got shape (4, 3).",
-            "luxjax debug_mode: ShapeError raised in layer Dense(1 => 1) at location layer_2.layer_2 (forward pass).",
-            "[nan nan nan nan]",
-            "NaN detected in parameters (weight) of layer Dense(3 => 1) at location layer_2.layer_2 (forward pass)",
-            "NaN detected in gradient of input of layer BadGradient() at location layer_2.layer_2 (backward pass)",
-            "JaxRuntimeError True",
-            "NaN detected in gradient of input of layer BadGradient() at location layer_2.layer_2 (backward pass)",
-        ]
-    if page == "docs/lora.md":
-        assert printed == "4642 of 12898 parameters train\n0.0\n"
-    if page == "docs/deep_models.md":
-        assert "Dense(16 => 64, gelu) (64, 16)" in printed
-        assert "at location blocks.7.mlp.fc2 (forward pass)" in printed
+def test_page_runs_and_prints_what_it_shows(page):
+    document = SYBIL.parse(ROOT / page)
+    printed = io.StringIO()
+    document.namespace.update(__name__=f"docs_{page}", __printed__=printed)
+    here = os.getcwd()
+    try:
+        with jax.numpy_dtype_promotion("standard"):  # a user's default
+            for example in document:
+                if example.region.evaluator != OUTPUT.evaluate:  # an output block shows the block above
+                    printed.seek(0)
+                    printed.truncate()
+                with contextlib.redirect_stdout(printed):
+                    example.evaluate()
+    finally:
+        os.chdir(here)  # a page may move to a temporary folder to write files

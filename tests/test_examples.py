@@ -99,3 +99,19 @@ def test_demo_driver_runs_a_part_and_ends_with_the_summary(tmp_path, capsys):
     assert last_lines[0].startswith("tied LM: validation loss")
     assert last_lines[1] == f"plots: {tmp_path / 'tied_lm.png'}"
     assert last_lines[2].startswith("all checks passed in")
+
+
+def test_a_bar_stopped_early_shows_the_steps_run():
+    import io
+
+    from _example_utils import stop
+    from tqdm.auto import tqdm
+
+    screen = io.StringIO()
+    bar = tqdm(range(1, 2001), total=2000, file=screen, mininterval=0.5)
+    for step in bar:
+        if step == 300:
+            stop(bar, step)
+            break
+    assert screen.getvalue().rstrip().splitlines()[-1].split("\r")[-1].lstrip().startswith("15%")
+    assert "300/2000" in screen.getvalue().split("\r")[-1]

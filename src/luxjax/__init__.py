@@ -18,6 +18,7 @@ from .core import ContainerLayer as ContainerLayer
 from .core import KeyPath as KeyPath
 from .core import Layer as Layer
 from .core import LayerError as LayerError
+from .core import NaNError as NaNError
 from .core import NotALayerError as NotALayerError
 from .core import Precision as Precision
 from .core import ShapeError as ShapeError

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import luxjax as lx
@@ -332,7 +332,6 @@ def leaf_paths(model, ps, st):
     return paths
 
 
-@settings(max_examples=15, deadline=None)
 @given(model=models, place=st.sampled_from(["input", "parameter", "backward"]), pick=st.integers(0, 1000))
 def test_fuzz_a_planted_nan_is_reported_at_exactly_its_layer(model, place, pick):
     ps, st_ = lx.setup(jax.random.key(pick), model)

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as hs
 from random_models import DIMS, Gated, RunningMean, models
 
@@ -238,7 +238,6 @@ def model_and_names(draw):
     return model, tuple(chosen)
 
 
-@settings(max_examples=40, deadline=None)
 @given(model_and_names())
 def test_freeze_then_unfreeze_round_trips(model_and_names):
     model, names = model_and_names

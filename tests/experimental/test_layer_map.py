@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from random_models import DIMS, Gated, Pair, RunningMean, Scaled, leaf_paths, models
 
 import luxjax as lx
@@ -241,7 +241,6 @@ def test_layer_at(key):
         assert found[1] is leaf_ps and found[2] is leaf_st
 
 
-@settings(max_examples=40, deadline=None)
 @given(models())
 def test_identity_changes_nothing_and_visits_the_leaf_paths(model):
     ps, st = lx.setup(jax.random.key(0), model)
@@ -256,7 +255,6 @@ def test_identity_changes_nothing_and_visits_the_leaf_paths(model):
         assert path.get(ps) is leaf_ps and path.get(st) is leaf_st and not layer.children()
 
 
-@settings(max_examples=20, deadline=None)
 @given(models())
 def test_zeroing_every_dense_gives_a_runnable_model(model):
     ps, st = lx.setup(jax.random.key(0), model)

@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as hs
 
 import luxjax as lx
@@ -155,7 +155,6 @@ def test_sharing_must_be_groups_of_strings(ps):
         share_parameters(ps, (("d1", 3),))
 
 
-@settings(max_examples=25, deadline=None)
 @given(hs.lists(hs.integers(1, 3), min_size=2, max_size=5), hs.data())
 def test_share_keeps_structure_and_ties_exactly_the_group(sizes, data):
     # a flat model of equal Dense layers: any disjoint grouping keeps the structure and ties

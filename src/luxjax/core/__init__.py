@@ -16,6 +16,7 @@ from ._layer import ContainerLayer as ContainerLayer
 from ._layer import Layer as Layer
 from ._layer import WrapperLayer as WrapperLayer
 from ._layer import block_indices as block_indices
+from ._layer import check_fit as check_fit
 from ._layer import check_layer_argument as check_layer_argument
 from ._layer import field as field
 from ._layer import running_block as running_block
@@ -53,6 +54,7 @@ from ._walk import What as What
 from ._walk import abstract_init as abstract_init
 from ._walk import assembled as assembled
 from ._walk import holds_own_entries as holds_own_entries
+from ._walk import in_order as in_order
 from ._walk import iter_layers as iter_layers
 from ._walk import map_layers as map_layers
 from ._walk import misfit as misfit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from typing import Any
@@ -61,8 +62,29 @@ _RECENT: dict[str, NaNError] = {}
 _LOCK = threading.Lock()
 
 
+class _QuietChecks(logging.Filter):
+    """Drops JAX's log record of a failed callback when the failure is a check's `NaNError`.
+
+    JAX logs the callback's traceback before it raises its runtime error; for a check that
+    traceback says nothing the error does not (the runtime error's text holds the message, and
+    `raise_nan_errors` raises the `NaNError` itself), so it is not printed.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], NaNError))
+
+
+_QUIET = _QuietChecks()
+
+
 def remember(error: NaNError) -> NaNError:
-    """Notes a `NaNError` raised inside a host callback (the last 16 are kept) and returns it."""
+    """Notes a `NaNError` raised inside a host callback (the last 16 are kept) and returns it.
+
+    The first call also quiets JAX's log of the failed callback (`_QuietChecks`).
+    """
+    callback_log = logging.getLogger("jax._src.callback")
+    if _QUIET not in callback_log.filters:
+        callback_log.addFilter(_QUIET)
     with _LOCK:
         _RECENT[str(error)] = error
         while len(_RECENT) > 16:

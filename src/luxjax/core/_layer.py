@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, cast, dataclass_transform
 
 import jax
+import numpy as np
 
 from ._display import display
-from ._errors import LayerError, NotALayerError, StructureError
+from ._errors import ConfigError, LayerError, NotALayerError, StructureError
 from ._keypath import KeyPath
 from ._walk import assembled, fit_problem
 
@@ -67,6 +68,10 @@ class _LayerMeta(type):
             layer.__init__(*args, **kwargs)
         finally:
             _BUILDING.discard(id(layer))
+        for name in getattr(cls, "_flags", ()):
+            value = getattr(layer, name)
+            if not isinstance(value, bool | np.bool_):
+                raise ConfigError(f"{cls.__name__}: `{name}` must be True or False, got {value!r}.")
         return layer
 
 
@@ -74,17 +79,34 @@ class _LayerMeta(type):
 _IN_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("luxjax_in_call", default=False)
 
 
+_NO_STATE: Any = object()
+
+
+def check_fit(fn: str, layer: Any, ps: Any, st: Any) -> None:
+    """Raises a `StructureError` if `ps`/`st` do not fit `layer` (structure, shapes, dtype kinds).
+
+    `fn` names the function that was given the trees (empty for a layer's own call). The answer
+    is cached per layer and tree signature, so checking at every call costs a dictionary look-up.
+    """
+    problem = fit_problem(layer, ps, st)
+    if problem:
+        raise StructureError(layer, f"{fn}: {problem}" if fn else problem)
+
+
 def _scoped(call: Callable) -> Callable:
     """The layer's `__call__` in a named scope; the outermost call first checks `ps` and `st` against the layer."""
 
     @functools.wraps(call)
-    def scoped(self: Layer, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
+    def scoped(self: Layer, x: Any, ps: Any, st: Any = _NO_STATE) -> tuple[Any, Any]:
+        if st is _NO_STATE:
+            raise TypeError(
+                f"{self!r} was called without `st`: call it as `y, st = model(x, ps, st)` "
+                "with the states `luxjax.setup` returned (`{}` for a layer without states)."
+            )
         with jax.named_scope(type(self).__name__):
             if _IN_CALL.get():
                 return call(self, x, ps, st)
-            problem = fit_problem(self, ps, st)
-            if problem:
-                raise StructureError(self, problem)
+            check_fit("", self, ps, st)
             token = _IN_CALL.set(True)
             try:
                 return call(self, x, ps, st)
@@ -128,6 +150,7 @@ class Layer(metaclass=_LayerMeta):
     """
 
     _converters: ClassVar[dict[str, Callable[[Any], Any]]] = {}
+    _flags: ClassVar[tuple[str, ...]] = ()  # the fields declared `bool`, checked after construction
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -136,6 +159,7 @@ class Layer(metaclass=_LayerMeta):
         dataclasses.dataclass(repr=False, eq=True, unsafe_hash=True)(cls)
         fields = dataclasses.fields(cast(Any, cls))
         cls._converters = {f.name: f.metadata["converter"] for f in fields if "converter" in f.metadata}
+        cls._flags = tuple(f.name for f in fields if f.type in (bool, "bool"))
         jax.tree_util.register_static(cls)
 
     def __setattr__(self, name: str, value: Any) -> None:

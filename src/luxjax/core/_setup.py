@@ -71,6 +71,8 @@ def setup(key: jax.Array, model: Models, *, mesh: Mesh | None = None, rules: Rul
         >>> ps_d["weight"].shape
         (1, 4)
     """
+    if isinstance(key, Layer) and not isinstance(model, Layer):
+        raise TypeError("setup: the arguments are swapped: call it as `luxjax.setup(key, model)`, the key first.")
     model = _check_models(model)
     key = _as_key("setup", key)
     if mesh is not None:

@@ -108,12 +108,13 @@ def _trace(layer: Any, what: What) -> Any:
         return tree
 
     shapes = jax.eval_shape(run, _dummy_key())
-    return _in_order(traced[0], shapes)  # eval_shape sorts dict keys; keep the layer's own order
+    return in_order(traced[0], shapes)  # eval_shape sorts dict keys; keep the layer's own order
 
 
-def _in_order(order: Any, tree: Any) -> Any:
+def in_order(order: Any, tree: Any) -> Any:
+    """`tree` with its dicts' keys in the order of `order`'s (JAX's pytree functions sort them)."""
     if isinstance(order, Mapping) and isinstance(tree, Mapping):
-        return {k: _in_order(order[k], tree[k]) for k in order if k in tree}
+        return {k: in_order(order[k], tree[k]) for k in order if k in tree}
     return tree
 
 
@@ -224,11 +225,50 @@ def _shapes(tree: Any) -> dict[str, Any]:
     }
 
 
+_KINDS = (("float", jnp.floating), ("complex", jnp.complexfloating), ("integer", jnp.integer), ("bool", jnp.bool_))
+
+
+def _dtype(leaf: Any) -> Any:
+    return leaf.dtype if hasattr(leaf, "dtype") else jnp.result_type(leaf)
+
+
+def kind(leaf: Any) -> str:
+    """The kind of a leaf's dtype: `float`, `complex`, `integer`, `bool`, `key` (a PRNG key) or `flag` (`Training`).
+
+    Trees are checked by kind, not exact dtype, so a model may run in another precision.
+    """
+    if isinstance(leaf, Training):
+        return "flag"
+    dtype = _dtype(leaf)
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        return "key"
+    return next((name for name, base in _KINDS if jnp.issubdtype(dtype, base)), str(dtype))
+
+
+def _kinds(tree: Any) -> dict[str, tuple[str, str]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, Training))[0]
+    return {
+        KeyPath.from_jax(path).label(): (kind(leaf), "flag" if isinstance(leaf, Training) else str(_dtype(leaf)))
+        for path, leaf in leaves
+    }
+
+
 def misfit(template: Any, tree: Any) -> str:
-    """Empty if `tree` has `template`'s structure and shapes, else what differs (dtypes may differ)."""
+    """Empty if `tree` has `template`'s structure, shapes and dtype kinds, else what differs.
+
+    Dtypes of one kind may differ (float16 for float32), kinds may not (an integer array where a
+    float one belongs).
+    """
     expected, got = _shapes(template), _shapes(tree)
     if _skeleton(template) == _skeleton(tree):
         wrong = [f"{k!r} has shape {got[k]}, expected {v}" for k, v in expected.items() if got[k] != v]
+        if not wrong:
+            kinds, got_kinds = _kinds(template), _kinds(tree)
+            wrong = [
+                f"{k!r} has dtype {got_kinds[k][1]}, expected a {v[0]} dtype such as {v[1]}"
+                for k, v in kinds.items()
+                if got_kinds[k][0] != v[0]
+            ]
         return "; ".join(wrong[:5]) + ("." if wrong else "")
     missing = [repr(k) for k in expected if k not in got]
     extra = [repr(k) for k in got if k not in expected]
@@ -260,7 +300,7 @@ def _key_difference(template: Any, tree: Any, path: KeyPath) -> tuple[list[str],
 
 def _signature(tree: Any) -> tuple[Any, tuple[Any, ...]]:
     leaves, treedef = jax.tree.flatten(tree, is_leaf=lambda x: isinstance(x, Training))
-    return treedef, tuple("flag" if isinstance(leaf, Training) else jnp.shape(leaf) for leaf in leaves)
+    return treedef, tuple("flag" if isinstance(leaf, Training) else (jnp.shape(leaf), kind(leaf)) for leaf in leaves)
 
 
 def _problem(layer: Any, ps: Any, st: Any) -> str:
@@ -279,7 +319,7 @@ _FITS_LOCK = threading.Lock()
 
 
 def fit_problem(layer: Any, ps: Any, st: Any) -> str:
-    """What is wrong with `ps`/`st` for `layer` (structure and shapes), or `""`; cached per layer and tree shapes."""
+    """What is wrong with `ps`/`st` for `layer` (structure, shapes, dtype kinds), or `""`; cached per signature."""
     if not _hashable(layer):
         return _problem(layer, ps, st)
     key = (layer, _signature(ps), _signature(st))

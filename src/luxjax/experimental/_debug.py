@@ -205,6 +205,18 @@ def _keep_alive(grads: tuple[Any, Any, Any]) -> Any:
     )
 
 
+def _drop_jax_note(error: BaseException) -> None:
+    """Removes the note JAX adds at the custom VJP (a JAX API boundary) about frames it left out.
+
+    Eagerly the custom VJP is the outermost JAX call, so JAX notes there that it filtered its
+    own frames; the plain layer's error has no such note. Under an outer `jax.jit` the note is
+    added later, at the jit, as for the plain model.
+    """
+    notes = getattr(error, "__notes__", None)
+    if notes:
+        error.__notes__ = [note for note in notes if "JAX has removed its internal frames" not in note]
+
+
 class DebugLayer(WrapperLayer):
     """Runs `layer` unchanged, checking for NaNs and locating errors; see `debug_mode`.
 
@@ -437,7 +449,11 @@ class DebugLayer(WrapperLayer):
         else:
             # The block indices are read here, while the enclosing stacks run; the backward pass
             # (traced later, outside their loops) gets them as an input of the custom VJP.
-            out = self._checked_vjp(fresh)(x, ps, st, running_indices())
+            try:
+                out = self._checked_vjp(fresh)(x, ps, st, running_indices())
+            except Exception as error:  # the layer's own error, as the plain layer raises it
+                _drop_jax_note(error)
+                raise
         if not self.held_only:  # what the next layer gets (the custom VJP's output is a new value)
             _mark_checked(out[0], self._value_checks("forward"))
         return out

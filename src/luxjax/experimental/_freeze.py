@@ -14,6 +14,7 @@ from ..core import (
     Where,
     abstract_init,
     cast_floating,
+    check_fit,
     check_layer_argument,
     compute_dtype,
     field,
@@ -148,6 +149,8 @@ def freeze(layer: Layer, *args: Any, which_params: Names = _MISSING, where: Wher
         which_params = args[len(args) - 1]
     check_layer_argument("freeze", layer, "`layer`")
     four = len(args) >= 2
+    if four:
+        check_fit("freeze", layer, args[0], args[1])
     # The two-argument form is the four-argument one on the trees' shapes.
     ps, st = (args[0], args[1]) if four else (abstract_init(layer, "params"), abstract_init(layer, "state"))
     if where is not None:
@@ -184,6 +187,7 @@ def unfreeze(model: Layer, ps: Any = None, st: Any = None) -> Any:
         return map_layers(lambda layer, path: unfreeze(layer.layer) if isinstance(layer, FrozenLayer) else layer, model)
     if ps is None or st is None:
         raise TypeError("unfreeze takes (model) or (model, ps, st); give both `ps` and `st`.")
+    check_fit("unfreeze", model, ps, st)
 
     def f(layer: Layer, ps: Any, st: Any, path: KeyPath) -> tuple[Layer, Any, Any]:
         if not isinstance(layer, FrozenLayer):

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 from jax.flatten_util import ravel_pytree
 
-from ..core import share_parameters, tied_groups
+from ..core import in_order, share_parameters, tied_groups
 from ._train_state import expand_ties, reduce_ties
 
 
@@ -18,7 +18,7 @@ def flatten_parameters(
     """`ps` as one vector and a function back, like `jax.flatten_util.ravel_pytree`, keeping ties.
 
     A tie group appears once in the vector, so its length is the number of distinct
-    parameters, and `unflatten(vector)` gives a tree in which the tied places are the same
+    parameters, and `unflatten(vector)` gives a tree, with `ps`'s key order, in which the tied places are the same
     array again (`is`). Differentiating through `unflatten` therefore gives the summed
     gradient of a tied parameter, and vector updates (second-order methods, line searches)
     keep ties. Lux's ComponentArrays undo sharing; this does not.
@@ -44,9 +44,10 @@ def flatten_parameters(
     if ties is not None:
         ps = share_parameters(ps, ties)
     groups = tied_groups(ps)
-    vector, unravel = ravel_pytree(reduce_ties(ps, groups))
+    reduced = reduce_ties(ps, groups)
+    vector, unravel = ravel_pytree(reduced)
 
-    def unflatten(vector: jax.Array) -> Any:
-        return expand_ties(unravel(vector), groups)
+    def unflatten(vector: jax.Array) -> Any:  # in `ps`'s key order (`unravel` sorts the keys)
+        return expand_ties(in_order(reduced, unravel(vector)), groups)
 
     return vector, unflatten

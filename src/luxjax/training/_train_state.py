@@ -17,6 +17,7 @@ from ..core import (
     KeyPath,
     Layer,
     NotALayerError,
+    check_fit,
     leaves_with_paths,
     replace_at,
     share_parameters,
@@ -259,6 +260,7 @@ class TrainState:
             raise TypeError(f"TrainState: `optimizer` must be an optax GradientTransformation, got {optimizer!r}.")
         if ties is not None:
             ps = share_parameters(ps, ties)
+        check_fit("TrainState", model, ps, st)
         groups = tied_groups(ps)
         reduced, st = own(reduce_ties(ps, groups), st)
         # the moments are made where their parameters are (never a full copy on one device)
@@ -328,6 +330,8 @@ class TrainState:
             (reduced,) = own(reduce_ties(parameters, self.ties))
             parameters = expand_ties(reduced, self.ties)
         states = own(changes["states"])[0] if "states" in changes else self.states
+        if "parameters" in changes or "states" in changes:
+            check_fit("TrainState.replace", self.model, parameters, states)
         opt_state = own(changes["optimizer_state"])[0] if "optimizer_state" in changes else self.optimizer_state
         step = changes.get("step", self.step)
         where = self._placement
