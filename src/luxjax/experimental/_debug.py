@@ -302,6 +302,8 @@ class DebugLayer(WrapperLayer):
 
     # -- running the wrapped layer -----------------------------------------------------------
     def _noted(self, error: BaseException, pass_: str) -> None:
+        if isinstance(error, NaNError):
+            return  # a check's own error: its message names the layer and location already
         if any(str(n).startswith("luxjax debug_mode:") for n in getattr(error, "__notes__", ())):
             return  # a layer inside (a container's child) has named itself already
         note = f"in layer {self._named()!r} at location {self.location.label()} ({pass_} pass)"
