@@ -357,13 +357,14 @@ class InstanceNorm(Layer):
             )
         axes = tuple(range(1, len(shape) - 1))
         lead = (1,) * (len(shape) - 1)
+        dtype, x = in_dtype_of(x), x.astype(float_dtype(x))  # statistics in float32 under a bf16 policy
         if st["training"] or not self.track_stats:
             mean = jnp.mean(x, axis=axes, keepdims=True)
             var = jnp.var(x, axis=axes, keepdims=True)
         else:
             mean = jnp.reshape(st["running_mean"], lead + (-1,)).astype(x.dtype)
             var = jnp.reshape(st["running_var"], lead + (-1,)).astype(x.dtype)
-        y = _finish(self, (x - mean) * jax.lax.rsqrt(var + self.epsilon), ps, 1)
+        y = _finish(self, (x - mean) * jax.lax.rsqrt(var + self.epsilon), ps, 1).astype(dtype)
         if st["training"] and self.track_stats:
             n = math.prod(shape[1:-1])
             batch_mean = jax.lax.stop_gradient(jnp.mean(mean, axis=0)).reshape(-1)
@@ -427,10 +428,11 @@ class RMSNorm(Layer):
         if len(shape) < k or tuple(shape[-k:]) != self.shape:
             raise ShapeError(self, f"expected input with trailing axes {self.shape}, got shape {shape}.")
         axes = tuple(range(len(shape) - k, len(shape)))
+        dtype, x = in_dtype_of(x), x.astype(float_dtype(x))  # the mean square in float32 under a bf16 policy
         y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=axes, keepdims=True) + self.epsilon)
         if self.affine:
             y = y * jnp.reshape(ps["scale"], (1,) * (len(shape) - k) + self.shape).astype(y.dtype)
-        return y, st
+        return y.astype(dtype), st
 
     def __repr__(self) -> str:
         shape = self.shape[0] if len(self.shape) == 1 else self.shape
