@@ -17,6 +17,9 @@ import luxjax as lx
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
+# a script the multi-host test starts as separate processes (it reads its arguments on import)
+collect_ignore = ["tests/training/sharding_multihost.py"]
+
 hypothesis.settings.register_profile("ci", max_examples=10, deadline=None, print_blob=True)
 hypothesis.settings.register_profile("nightly", max_examples=200, deadline=None, print_blob=True)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
