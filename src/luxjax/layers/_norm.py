@@ -19,6 +19,22 @@ def _check_config(layer: Any, ints: tuple[str, ...]) -> None:
     check_activation(layer)
 
 
+def _check_momentum(layer: Any) -> None:
+    if not (isinstance(layer.momentum, (int, float)) and 0 <= layer.momentum <= 1):
+        raise ConfigError(f"{type(layer).__name__}: `momentum` must be a number in [0, 1], got {layer.momentum!r}.")
+
+
+def _stats_state(layer: Any) -> dict:
+    """The state of a norm that may track running statistics per channel (float32, as Lux)."""
+    if not layer.track_stats:
+        return {"training": Training(True)}
+    return {
+        "running_mean": jnp.zeros((layer.channels,), jnp.float32),
+        "running_var": jnp.ones((layer.channels,), jnp.float32),
+        "training": Training(True),
+    }
+
+
 def _affine_params(layer: Any, shape: tuple[int, ...]) -> dict:
     if not layer.affine:
         return {}
@@ -102,8 +118,7 @@ class BatchNorm(Layer):
 
     def __post_init__(self) -> None:
         _check_config(self, ("channels",))
-        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum <= 1):
-            raise ConfigError(f"BatchNorm: `momentum` must be a number in [0, 1], got {self.momentum!r}.")
+        _check_momentum(self)
 
     def init_params(self, key: jax.Array) -> dict:
         del key
@@ -111,13 +126,7 @@ class BatchNorm(Layer):
 
     def init_state(self, key: jax.Array) -> dict:
         del key
-        if not self.track_stats:
-            return {"training": Training(True)}
-        return {
-            "running_mean": jnp.zeros((self.channels,), jnp.float32),
-            "running_var": jnp.ones((self.channels,), jnp.float32),
-            "training": Training(True),
-        }
+        return _stats_state(self)
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
         _channels_last(self, x, self.channels)
@@ -330,8 +339,7 @@ class InstanceNorm(Layer):
 
     def __post_init__(self) -> None:
         _check_config(self, ("channels",))
-        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum <= 1):
-            raise ConfigError(f"InstanceNorm: `momentum` must be a number in [0, 1], got {self.momentum!r}.")
+        _check_momentum(self)
 
     def init_params(self, key: jax.Array) -> dict:
         del key
@@ -339,13 +347,7 @@ class InstanceNorm(Layer):
 
     def init_state(self, key: jax.Array) -> dict:
         del key
-        if not self.track_stats:
-            return {"training": Training(True)}
-        return {
-            "running_mean": jnp.zeros((self.channels,), jnp.float32),
-            "running_var": jnp.ones((self.channels,), jnp.float32),
-            "training": Training(True),
-        }
+        return _stats_state(self)
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
         shape = jnp.shape(x)
