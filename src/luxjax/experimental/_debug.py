@@ -35,6 +35,8 @@ PASSES = ("forward", "backward")
 
 # One entry per checked leaf: (kind, what held it, the leaf's path inside it), kind "NaN"/"Inf".
 Found = tuple[str, str, str]
+# A leaf to check under a trace, with the check to run on it.
+Checked = tuple["ValueCheck", Any]
 
 
 def _check_passes(owner: str, passes: Any) -> None:
@@ -51,6 +53,40 @@ def _has_nan(leaf: jax.Array) -> jax.Array:
     return jnp.isnan(jnp.max(leaf))
 
 
+def _not_finite(leaf: jax.Array) -> jax.Array:
+    """Whether the sum of `leaf`'s elements is not finite: always so when it holds a NaN or an infinity.
+
+    The sum is a product with a vector of ones, which XLA runs as a matrix-vector product, a
+    faster pass than its reductions. It can also be infinite without either (an overflow), so
+    it only screens: the exact checks run when it is set.
+    """
+    if not jnp.issubdtype(leaf.dtype, jnp.floating) or jnp.dtype(leaf.dtype).itemsize < 4:
+        total = jnp.sum(leaf if jnp.issubdtype(leaf.dtype, jnp.complexfloating) else leaf.astype(jnp.float32))
+    elif jnp.ndim(leaf) < 2:
+        total = jnp.dot(leaf, jnp.ones_like(leaf))
+    else:
+        rows = jnp.reshape(leaf, (-1, leaf.shape[-1]))
+        total = jnp.sum(rows @ jnp.ones(rows.shape[1], rows.dtype))
+    return jnp.logical_not(jnp.isfinite(total))
+
+
+def _any_flagged(leaves: list[Checked]) -> jax.Array:
+    """Set when a check may flag one of its leaves, and always when one does; one pass over each leaf.
+
+    A NaN or an infinity makes a leaf's sum not finite, so `NaNCheck`s and `InfCheck`s share
+    one screen per leaf (`_not_finite`). Other checks apply their `flag` to the concatenation
+    of their leaves.
+    """
+    screened = {id(leaf): leaf for check, leaf in leaves if isinstance(check, (NaNCheck, InfCheck))}
+    groups: dict[tuple[ValueCheck, Any], list[jax.Array]] = {}
+    for check, leaf in leaves:
+        if not isinstance(check, (NaNCheck, InfCheck)):
+            groups.setdefault((check, leaf.dtype), []).append(jnp.ravel(leaf))
+    flags = [_not_finite(leaf) for leaf in screened.values() if jnp.size(leaf)]
+    flags += [check.flag(jnp.concatenate(group)) for (check, _), group in groups.items()]
+    return functools.reduce(jnp.logical_or, flags, jnp.zeros((), jnp.bool_))
+
+
 def running_indices() -> jax.Array:
     """The indices of the blocks the enclosing `Stacked` layers are running, as one int32 array."""
     return jnp.asarray(block_indices(), jnp.int32).reshape(-1)
@@ -65,10 +101,11 @@ class ValueCheck:
     """A check of every floating-point leaf a layer sees: inputs, parameters, states, outputs, gradients.
 
     `kind` names what is found in messages (`"NaN detected in ..."`); `flag(leaf)` is a
-    boolean scalar, true when the leaf holds it. `passes` says where the check runs: the
-    forward pass (input, parameters, states, output, new state) and/or the backward pass (the
-    incoming gradient of the output and new state, the outgoing gradients of the input,
-    parameters and states).
+    boolean scalar, true when any element of the leaf holds it (compiled code applies it to
+    the concatenation of a layer's leaves first, and to each leaf only when that is set).
+    `passes` says where the check runs: the forward pass (input, parameters, states, output,
+    new state) and/or the backward pass (the incoming gradient of the output and new state,
+    the outgoing gradients of the input, parameters and states).
     """
 
     passes: tuple[str, ...] = PASSES
@@ -195,14 +232,11 @@ def _without_checks(layer: Layer) -> Layer:
     return layer.replace_children({name: _without_checks(child) for name, child in children.items()})
 
 
-def _keep_alive(grads: tuple[Any, Any, Any]) -> Any:
-    """Which gradient leaves a backward check ties: all of the input's, and the smallest other one."""
-    others = [leaf for leaf in jax.tree.leaves(grads[1:]) if _floating(leaf)]
-    smallest = min(others, key=jnp.size) if others else None
-    return (
-        jax.tree.map(lambda _: True, grads[0]),
-        *(jax.tree.map(lambda leaf: leaf is smallest, tree) for tree in grads[1:]),
-    )
+def _smallest(trees: Any) -> Any:
+    """A tree of booleans over `trees`, true at one smallest floating leaf: the one to tie to a check."""
+    floats = [leaf for leaf in jax.tree.leaves(trees) if _floating(leaf)]
+    smallest = min(floats, key=jnp.size) if floats else None
+    return jax.tree.map(lambda leaf: leaf is smallest, trees)
 
 
 def _drop_jax_note(error: BaseException) -> None:
@@ -319,12 +353,16 @@ class DebugLayer(WrapperLayer):
             raise
 
     # -- the checks ----------------------------------------------------------------------------
-    def _scan(self, trees: list[tuple[str, Any]], pass_: str) -> tuple[list[Found], list[Any]]:
-        """Flags per floating leaf and check; raises at once when every flag is already known."""
+    def _scan(self, trees: list[tuple[str, Any]], pass_: str) -> tuple[list[Found], list[Checked]]:
+        """What to check: an entry and a (check, leaf) pair per floating leaf and check.
+
+        Eagerly every flag is computed here and the first one set raises. Under a trace the
+        entries and leaves are returned for `_emit`, which computes the flags in the compiled code.
+        """
         checks = self._value_checks(pass_)
         kinds = _kinds(checks)
         found: list[Found] = []
-        flags: list[Any] = []
+        leaves: list[Checked] = []
         for what, tree in trees if checks else ():
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
                 if not (hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)):
@@ -334,13 +372,13 @@ class DebugLayer(WrapperLayer):
                 inside = str(KeyPath.from_jax(path))
                 for check in checks:
                     found.append((check.kind, what, inside))
-                    flags.append(check.flag(leaf))
-        if not any(isinstance(flag, Tracer) for flag in flags):
-            for entry, flag in zip(found, flags):
-                if bool(flag):
+                    leaves.append((check, leaf))
+        if not any(isinstance(leaf, Tracer) for _, leaf in leaves):
+            for entry, (check, leaf) in zip(found, leaves):
+                if bool(check.flag(leaf)):
                     raise self._error(entry, pass_)
             return [], []
-        return found, flags
+        return found, leaves
 
     def _named(self) -> Layer:
         """The layer as the user built it: a container's children without their `DebugLayer`s."""
@@ -361,7 +399,7 @@ class DebugLayer(WrapperLayer):
     def _emit(
         self,
         found: list[Found],
-        flags: list[Any],
+        leaves: list[Checked],
         pass_: str,
         results: Any,
         blocks: jax.Array,
@@ -370,31 +408,37 @@ class DebugLayer(WrapperLayer):
     ) -> tuple[Any, Any]:
         """One run-time check per layer and pass; returns `results` made to wait for it.
 
-        The callback runs only when a flag is set (inside `lax.cond`). Every floating leaf
-        of `results` (or those `tied(results)` picks, a tree of booleans) is made to
-        depend on its answer (`where(answer, nan, leaf)`, and the answer is always false), so
-        every later check, which reads these results, runs after this one: the first NaN in
-        program order is the one reported, without the cost of JAX's ordered effects.
-        `after` (an earlier check's answer) makes this check wait for that one too. `blocks`
-        are the indices of the blocks of the enclosing stacks, which the message puts in place
-        of the location's `*`. Returns the tied results and this check's answer.
+        The compiled code computes one flag for all the leaves (`_any_flagged`, one pass over
+        each). Only when it is set does `lax.cond` run the branch that computes each leaf's
+        own flag and, when one is set, calls back to the host, which raises for the first. Every
+        floating leaf of `results` (or those `tied(results)` picks, a tree of booleans) is
+        made to depend on its answer (`where(answer, nan, leaf)`, and the answer is always
+        false), so every later check, which reads these results, runs after this one: the
+        first NaN in program order is the one reported, without the cost of JAX's ordered
+        effects. `after` (an earlier check's answer) makes this check wait for that one too.
+        `blocks` are the indices of the blocks of the enclosing stacks, which the message puts
+        in place of the location's `*`. Returns the tied results and this check's answer.
         """
         if not found:
             return results, after
-        flags_array = jnp.stack(flags)
-        pred = flags_array.any() if after is None else jnp.logical_or(flags_array.any(), after)
+        values = [leaf for _, leaf in leaves]
+        pred = _any_flagged(leaves) if after is None else jnp.logical_or(_any_flagged(leaves), after)
 
-        def report(values: np.ndarray, blocks: np.ndarray) -> np.ndarray:
-            values = np.asarray(values)
-            if values.any():
-                raise remember(self._error(found[int(np.argmax(values))], pass_, blocks))
+        def report(flags: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+            flags = np.asarray(flags)
+            if flags.any():
+                raise remember(self._error(found[int(np.argmax(flags))], pass_, blocks))
             return np.zeros((), np.bool_)
 
-        def fail(f: jax.Array, blocks: jax.Array) -> jax.Array:
+        def call_back(flags: jax.Array, blocks: jax.Array) -> jax.Array:
             result = jax.ShapeDtypeStruct((), jnp.bool_)
-            return jax.pure_callback(report, result, f, blocks, vmap_method="sequential")
+            return jax.pure_callback(report, result, flags, blocks, vmap_method="sequential")
 
-        failed = jax.lax.cond(pred, fail, lambda f, blocks: jnp.zeros((), jnp.bool_), flags_array, blocks)
+        def fail(values: list[jax.Array], blocks: jax.Array) -> jax.Array:
+            flags = jnp.stack([check.flag(leaf) for (check, _), leaf in zip(leaves, values)])
+            return jax.lax.cond(flags.any(), call_back, lambda *_: jnp.zeros((), jnp.bool_), flags, blocks)
+
+        failed = jax.lax.cond(pred, fail, lambda values, blocks: jnp.zeros((), jnp.bool_), values, blocks)
 
         def tie(leaf: Any) -> Any:
             if not _floating(leaf):
@@ -422,25 +466,25 @@ class DebugLayer(WrapperLayer):
         """
         if self.held_only:
             return self._held_forward(run, x, ps, st, blocks)
-        found, flags = self._scan([("input", x)] * fresh + [("parameters", ps), ("states", st)], "forward")
+        found, leaves = self._scan([("input", x)] * fresh + [("parameters", ps), ("states", st)], "forward")
         (y, new_st), extra = run(x, ps, st)
-        more_found, more_flags = self._scan([("output", y), ("new state", new_st)], "forward")
-        y, failed = self._emit(found + more_found, flags + more_flags, "forward", y, blocks)
+        more_found, more_leaves = self._scan([("output", y), ("new state", new_st)], "forward")
+        y, failed = self._emit(found + more_found, leaves + more_leaves, "forward", y, blocks)
         _mark_checked(y, self._value_checks("forward"))  # what the next layer gets inside a differentiated step
         return (y, new_st), extra, failed
 
     def _held_forward(self, run: Callable, x: Any, ps: Any, st: Any, blocks: jax.Array) -> tuple[Any, Any, Any]:
         """The forward checks of a container's own entries: checked before its children run, so they come first."""
         own_ps, own_st = self._held(ps), self._held(st)
-        found, flags = self._scan([("parameters", own_ps), ("states", own_st)], "forward")
+        found, leaves = self._scan([("parameters", own_ps), ("states", own_st)], "forward")
         if found:  # under jit: the input and the own entries wait for the check, and so every child's checks
-            (x, own_ps, own_st), failed = self._emit(found, flags, "forward", (x, own_ps, own_st), blocks)
+            (x, own_ps, own_st), failed = self._emit(found, leaves, "forward", (x, own_ps, own_st), blocks)
             ps, st = {**ps, **own_ps}, {**st, **own_st}
         else:
             failed = None
         (y, new_st), extra = run(x, ps, st)
-        found, flags = self._scan([("new state", self._held(new_st))], "forward")
-        y, failed = self._emit(found, flags, "forward", y, blocks, failed)
+        found, leaves = self._scan([("new state", self._held(new_st))], "forward")
+        y, failed = self._emit(found, leaves, "forward", y, blocks, failed)
         return (y, new_st), extra, failed
 
     def __call__(self, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
@@ -476,7 +520,7 @@ class DebugLayer(WrapperLayer):
             vjp, forward_failed, blocks = residuals
             ct_y, ct_st = cotangent
             incoming = [("incoming gradient of output", ct_y), ("incoming gradient of new state", ct_st)]
-            found, flags = self._scan([] if self.held_only else incoming, "backward")
+            found, leaves = self._scan([] if self.held_only else incoming, "backward")
             try:
                 grads = vjp(cotangent)
             except Exception as error:
@@ -484,23 +528,26 @@ class DebugLayer(WrapperLayer):
                     self._noted(error, "backward")
                 raise
             if self.held_only:
-                held = (self._held(grads[1]), self._held(grads[2]))
-                outgoing = [("gradient of parameters", held[0]), ("gradient of states", held[1])]
+                inputs: list[tuple[str, Any]] = []
+                own = [("gradient of parameters", self._held(grads[1])), ("gradient of states", self._held(grads[2]))]
             else:
-                outgoing = [
-                    ("gradient of input", grads[0]),
-                    ("gradient of parameters", grads[1]),
-                    ("gradient of states", grads[2]),
-                ]
-            more_found, more_flags = self._scan(outgoing, "backward")
-            # The input gradient is tied (earlier layers' checks wait for this one), and one
-            # smallest gradient leaf besides, which keeps the check alive where the input
-            # gradient is dropped (not differentiated); tying every leaf costs a pass over each.
-            checked = self._emit(
-                found + more_found, flags + more_flags, "backward", grads, blocks, forward_failed, _keep_alive
-            )[0]
+                inputs = [("gradient of input", grads[0])]
+                own = [("gradient of parameters", grads[1]), ("gradient of states", grads[2])]
+            # Two checks. The first (incoming gradients, input gradient) ties the input
+            # gradient, so earlier layers' checks wait for it. The second (the gradients of
+            # the layer's own parameters and states) waits for the first and ties only the
+            # smallest of those gradients, which keeps it alive: tying the input gradient to it
+            # would put the weight gradient's product and a pass over it on the path of every
+            # earlier layer's backward pass.
+            more_found, more_leaves = self._scan(inputs, "backward")
+            grad_x, answer = self._emit(
+                found + more_found, leaves + more_leaves, "backward", grads[0], blocks, forward_failed
+            )
+            own_found, own_leaves = self._scan(own, "backward")
+            grad_own = self._emit(own_found, own_leaves, "backward", grads[1:], blocks, answer, _smallest)[0]
+            checked = (grad_x, *grad_own)
             if not self.held_only:
-                _mark_checked(checked[0], self._value_checks("backward"))
+                _mark_checked(grad_x, self._value_checks("backward"))
             return (*checked, None)  # the block indices are integers: no gradient
 
         run.defvjp(run_fwd, run_bwd)
