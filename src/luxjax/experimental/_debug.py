@@ -56,18 +56,12 @@ def _has_nan(leaf: jax.Array) -> jax.Array:
 def _not_finite(leaf: jax.Array) -> jax.Array:
     """Whether the sum of `leaf`'s elements is not finite: always so when it holds a NaN or an infinity.
 
-    The sum is a product with a vector of ones, which XLA runs as a matrix-vector product, a
-    faster pass than its reductions. It can also be infinite without either (an overflow), so
-    it only screens: the exact checks run when it is set.
+    The sum can also overflow without either, so it only screens: the exact checks run when it
+    is set. bfloat16 and float16 are summed in float32, where a long sum overflows later.
     """
-    if not jnp.issubdtype(leaf.dtype, jnp.floating) or jnp.dtype(leaf.dtype).itemsize < 4:
-        total = jnp.sum(leaf if jnp.issubdtype(leaf.dtype, jnp.complexfloating) else leaf.astype(jnp.float32))
-    elif jnp.ndim(leaf) < 2:
-        total = jnp.dot(leaf, jnp.ones_like(leaf))
-    else:
-        rows = jnp.reshape(leaf, (-1, leaf.shape[-1]))
-        total = jnp.sum(rows @ jnp.ones(rows.shape[1], rows.dtype))
-    return jnp.logical_not(jnp.isfinite(total))
+    if jnp.issubdtype(leaf.dtype, jnp.floating) and jnp.finfo(leaf.dtype).bits < 32:
+        leaf = leaf.astype(jnp.float32)
+    return jnp.logical_not(jnp.isfinite(jnp.sum(leaf)))
 
 
 def _any_flagged(leaves: list[Checked]) -> jax.Array:
