@@ -277,6 +277,68 @@ def test_nan_coming_from_the_loss_is_reported_as_the_incoming_gradient(key):
         lxe.raise_nan_errors(jax.jit(jax.grad(loss)))(ps)
 
 
+def compiled_checks(fn, *args):
+    """How many run-time checks XLA keeps in the compiled `fn`: each makes one host callback."""
+    return jax.jit(fn).lower(*args).compile().as_text().count("python_cpu_callback")
+
+
+def test_checks_along_a_chain_pass_their_answer_on_and_xla_keeps_one_per_pass(key):
+    n = 5
+    model = lx.Chain(*(lx.Dense(8, 8, jnp.tanh) for _ in range(n)))
+    ps, st = lx.setup(key, model)
+    x = jnp.ones((4, 8))
+    # Without backward checks or notes each layer runs inline, and only the last layer's check,
+    # which holds every earlier answer, stays.
+    forward = lxe.debug_mode(model, nan_check="forward", error_check=False)
+    assert compiled_checks(lambda ps: forward(x, ps, st)[0], ps) == 1
+    debug = lxe.debug_mode(model)
+    loss = total(debug, x, st)
+    # the last forward check, and each layer's check of its parameters' gradients (they are used one by one)
+    assert compiled_checks(jax.grad(loss), ps) == n + 1
+    # A NaN in layer_2's weight spoils every later output and gradient; layer_2's own check is
+    # gone from the program, and the checks that stay report it.
+    ps["layer_2"]["weight"] = ps["layer_2"]["weight"].at[0, 0].set(jnp.nan)
+    expected = re.escape("NaN detected in parameters (weight) of layer Dense(8 => 8, tanh) at location layer_2 (forward")
+    with pytest.raises(lxe.NaNError, match=expected):
+        lxe.raise_nan_errors(jax.jit(jax.grad(loss)))(ps)
+    with pytest.raises(lxe.NaNError, match=expected):
+        lxe.raise_nan_errors(jax.jit(lambda ps: forward(x, ps, st)[0]))(ps)
+
+
+class Vote(lx.Layer):
+    """`argmax(x @ weight)`: integer outputs, floating-point parameters."""
+
+    def init_params(self, key):
+        return {"weight": jax.random.normal(key, (3, 4))}
+
+    def __call__(self, x, ps, st):
+        return jnp.argmax(x @ ps["weight"], axis=-1), st
+
+
+class Key(lx.Layer):
+    """A PRNG key made from its input: an output that a check cannot tie to its answer."""
+
+    def __call__(self, x, ps, st):
+        return jax.random.wrap_key_data(jnp.stack([x.sum(), x.sum()]).astype(jnp.uint32)), st
+
+
+def test_a_layer_with_integer_or_key_outputs_keeps_the_checks_before_it(key):
+    x = jnp.ones((2, 3))
+    voting = lx.Chain(lx.Dense(3, 3), Vote())
+    ps, st = lx.setup(key, voting)
+    ps["layer_2"]["weight"] = ps["layer_2"]["weight"].at[1, 2].set(jnp.nan)
+    expected = re.escape("NaN detected in parameters (weight) of layer Vote() at location layer_2 (forward pass)")
+    with pytest.raises(lxe.NaNError, match=expected):
+        lxe.raise_nan_errors(jax.jit(lxe.debug_mode(voting)))(x, ps, st)
+    keyed = lx.Chain(lx.Dense(3, 3), Key())
+    ps, st = lx.setup(key, keyed)
+    ps["layer_1"]["bias"] = ps["layer_1"]["bias"].at[0].set(jnp.nan)
+    expected = re.escape("NaN detected in parameters (bias) of layer Dense(3 => 3) at location layer_1 (forward pass)")
+    for debug in (lxe.debug_mode(keyed), lxe.debug_mode(keyed, nan_check="forward", error_check=False)):
+        with pytest.raises(lxe.NaNError, match=expected):
+            lxe.raise_nan_errors(jax.jit(debug))(x, ps, st)
+
+
 def test_debug_mode_of_conv_and_pooling_wraps_each_layer_and_prints(key):
     model = lx.Chain(lx.Conv((3, 3), 1, 4, jax.nn.relu, padding=1), lx.MaxPool((2, 2)), lx.Conv((3, 3), 4, 2))
     debug = lxe.debug_mode(model)

@@ -53,34 +53,6 @@ def _has_nan(leaf: jax.Array) -> jax.Array:
     return jnp.isnan(jnp.max(leaf))
 
 
-def _not_finite(leaf: jax.Array) -> jax.Array:
-    """Whether the sum of `leaf`'s elements is not finite: always so when it holds a NaN or an infinity.
-
-    The sum can also overflow without either, so it only screens: the exact checks run when it
-    is set. bfloat16 and float16 are summed in float32, where a long sum overflows later.
-    """
-    if jnp.issubdtype(leaf.dtype, jnp.floating) and jnp.finfo(leaf.dtype).bits < 32:
-        leaf = leaf.astype(jnp.float32)
-    return jnp.logical_not(jnp.isfinite(jnp.sum(leaf)))
-
-
-def _any_flagged(leaves: list[Checked]) -> jax.Array:
-    """Set when a check may flag one of its leaves, and always when one does; one pass over each leaf.
-
-    A NaN or an infinity makes a leaf's sum not finite, so `NaNCheck`s and `InfCheck`s share
-    one screen per leaf (`_not_finite`). Other checks apply their `flag` to the concatenation
-    of their leaves.
-    """
-    screened = {id(leaf): leaf for check, leaf in leaves if isinstance(check, (NaNCheck, InfCheck))}
-    groups: dict[tuple[ValueCheck, Any], list[jax.Array]] = {}
-    for check, leaf in leaves:
-        if not isinstance(check, (NaNCheck, InfCheck)):
-            groups.setdefault((check, leaf.dtype), []).append(jnp.ravel(leaf))
-    flags = [_not_finite(leaf) for leaf in screened.values() if jnp.size(leaf)]
-    flags += [check.flag(jnp.concatenate(group)) for (check, _), group in groups.items()]
-    return functools.reduce(jnp.logical_or, flags, jnp.zeros((), jnp.bool_))
-
-
 def running_indices() -> jax.Array:
     """The indices of the blocks the enclosing `Stacked` layers are running, as one int32 array."""
     return jnp.asarray(block_indices(), jnp.int32).reshape(-1)
@@ -95,8 +67,7 @@ class ValueCheck:
     """A check of every floating-point leaf a layer sees: inputs, parameters, states, outputs, gradients.
 
     `kind` names what is found in messages (`"NaN detected in ..."`); `flag(leaf)` is a
-    boolean scalar, true when any element of the leaf holds it (compiled code applies it to
-    the concatenation of a layer's leaves first, and to each leaf only when that is set).
+    boolean scalar, true when any element of the leaf holds it.
     `passes` says where the check runs: the forward pass (input, parameters, states, output,
     new state) and/or the backward pass (the incoming gradient of the output and new state,
     the outgoing gradients of the input, parameters and states).
@@ -184,11 +155,31 @@ def _floating(leaf: Any) -> bool:
     return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact) and jnp.size(leaf) > 0
 
 
-# Values a check has looked at (by identity, while they live), with the kinds it looked for. A
-# layer's input is mostly the previous layer's checked output, and a layer's incoming gradient
-# the next one's checked input gradient: those are not checked again (the earlier check, first
-# in program order, is the one that reports), which saves a pass over each.
-_CHECKED: dict[int, tuple[weakref.ref, frozenset[str]]] = {}
+class _ByIdentity:
+    """Entries keyed by the identity of live values (the arrays of a trace); an entry goes with its value."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[weakref.ref, Any]] = {}
+
+    def put(self, value: Any, entry: Any) -> None:
+        key = id(value)
+
+        def forget(ref: weakref.ref) -> None:
+            if self._entries.get(key, (None,))[0] is ref:
+                del self._entries[key]
+
+        self._entries[key] = (weakref.ref(value, forget), entry)
+
+    def get(self, value: Any) -> Any:
+        ref, entry = self._entries.get(id(value), (None, None))
+        return entry if ref is not None and ref() is value else None
+
+
+# Values a check has looked at, with the kinds it looked for. A layer's input is mostly the
+# previous layer's checked output, and a layer's incoming gradient the next one's checked input
+# gradient: those are not checked again (the earlier check, first in program order, is the one
+# that reports), which saves a pass over each.
+_CHECKED = _ByIdentity()
 _PASSED_ON = ("incoming gradient of output",)
 
 
@@ -202,21 +193,91 @@ def _floats(tree: Any) -> list[Any]:
 
 def _mark_checked(tree: Any, checks: list[ValueCheck]) -> None:
     kinds = _kinds(checks)
-    if not kinds:
-        return
-    for leaf in _floats(tree):
-        key = id(leaf)
-
-        def forget(ref: weakref.ref, key: int = key) -> None:
-            if _CHECKED.get(key, (None,))[0] is ref:
-                del _CHECKED[key]
-
-        _CHECKED[key] = (weakref.ref(leaf, forget), kinds)
+    for leaf in _floats(tree) if kinds else ():
+        _CHECKED.put(leaf, kinds)
 
 
 def _already_checked(leaf: Any, kinds: frozenset[str]) -> bool:
-    entry = _CHECKED.get(id(leaf))
-    return entry is not None and entry[0]() is leaf and kinds <= entry[1]
+    checked = _CHECKED.get(leaf)
+    return checked is not None and kinds <= checked
+
+
+# Under a trace, checks pass their answer on rather than each calling back. An answer is a code,
+# the index in `chain` of the first value flagged so far in program order (`_NONE` when none
+# is), and the chain of (layer, entry, pass) that the code indexes, in program order. A check
+# that gets an answer adds its own values to the chain, so any check along it reports the
+# same first value.
+_NONE = np.iinfo(np.int32).max
+
+
+@dataclasses.dataclass(eq=False)
+class _Answer:
+    code: jax.Array
+    chain: list[tuple[DebugLayer, Found, str]]
+
+
+# Outputs a check tied to its run-time check (see `DebugLayer._emit`), by identity while they
+# live: the untied value and the check's answer. A `DebugLayer` that gets one as its input (or
+# as its incoming gradient) runs on the untied value and carries the answer on in its own
+# check, so the tied value goes unused and XLA drops it with the check that tied it: along a
+# chain of layers only the last check, the one whose outputs are used, stays in the program.
+_PENDING = _ByIdentity()
+
+
+def _pass_on(tied: Any, untied: Any, answer: _Answer) -> None:
+    for leaf, value in zip(jax.tree.leaves(tied), jax.tree.leaves(untied)):
+        if leaf is not value:
+            _PENDING.put(leaf, (value, answer))
+
+
+def _take_over(tree: Any) -> tuple[Any, _Answer | None]:
+    """`tree` with the leaves a check tied (`_pass_on`) untied, and the answer they carry.
+
+    Leaves tied by checks of another chain stay tied: their checks stay in the program.
+    """
+    answer: _Answer | None = None
+
+    def untie(leaf: Any) -> Any:
+        nonlocal answer
+        pending = _PENDING.get(leaf)
+        if pending is None:
+            return leaf
+        value, carried = pending
+        if answer is None:
+            answer = carried
+        elif carried.chain is not answer.chain:
+            return leaf
+        else:
+            answer = _Answer(jnp.minimum(answer.code, carried.code), answer.chain)
+        return value
+
+    return jax.tree.map(untie, tree), answer
+
+
+def _tieable(leaf: Any) -> bool:
+    """Whether a check can tie `leaf` to its answer: a non-empty array of numbers or booleans."""
+    if not hasattr(leaf, "dtype") or jnp.size(leaf) == 0:
+        return False
+    return jnp.issubdtype(leaf.dtype, jnp.number) or jnp.issubdtype(leaf.dtype, jnp.bool_)
+
+
+def _outputs(out: tuple[Any, Any]) -> tuple[Any, Any]:
+    """Which leaves of a layer's `(y, new_st)` a forward check ties: `y`'s, or the new state's when `y` has none."""
+    y, new_st = out
+    on_y = any(_tieable(leaf) for leaf in jax.tree.leaves(y))
+    return jax.tree.map(lambda leaf: on_y and _tieable(leaf), y), jax.tree.map(
+        lambda leaf: not on_y and _tieable(leaf), new_st
+    )
+
+
+def _tie(leaf: Any, failed: jax.Array) -> Any:
+    """`leaf`, made to depend on `failed` (always false: a failed check raises) at one element: no pass over it."""
+    first = (0,) * jnp.ndim(leaf)
+    if jnp.issubdtype(leaf.dtype, jnp.inexact):
+        stand_in = jnp.array(jnp.nan, leaf.dtype)
+    else:
+        stand_in = jnp.zeros((), leaf.dtype)
+    return leaf.at[first].set(jnp.where(failed, stand_in, leaf[first]))
 
 
 def _without_checks(layer: Layer) -> Layer:
@@ -397,52 +458,53 @@ class DebugLayer(WrapperLayer):
         pass_: str,
         results: Any,
         blocks: jax.Array,
-        after: Any = None,
+        after: _Answer | None = None,
         tied: Callable[[Any], Any] | None = None,
-    ) -> tuple[Any, Any]:
-        """One run-time check per layer and pass; returns `results` made to wait for it.
+        pass_on: bool = False,
+    ) -> tuple[Any, _Answer | None, bool]:
+        """One run-time check; returns `results` tied to it, its answer, and whether anything was tied.
 
-        The compiled code computes one flag for all the leaves (`_any_flagged`, one pass over
-        each). Only when it is set does `lax.cond` run the branch that computes each leaf's
-        own flag and, when one is set, calls back to the host, which raises for the first. Every
-        floating leaf of `results` (or those `tied(results)` picks, a tree of booleans) is
-        made to depend on its answer (`where(answer, nan, leaf)`, and the answer is always
-        false), so every later check, which reads these results, runs after this one: the
-        first NaN in program order is the one reported, without the cost of JAX's ordered
-        effects. `after` (an earlier check's answer) makes this check wait for that one too.
-        `blocks` are the indices of the blocks of the enclosing stacks, which the message puts
-        in place of the location's `*`. Returns the tied results and this check's answer.
+        The compiled code computes each value's flag (`check.flag`, one pass over each) and this
+        check's code: the smallest of `after`'s code and the chain index of each flagged value.
+        A `lax.cond` calls back to the host when the code names a value, and the host raises for
+        that value: the first flagged along the chain in program order, whichever check of the
+        chain reports it. Every leaf of `results` (or those `tied(results)` picks, a tree of
+        booleans) is made to depend on the cond's answer (`_tie`), so the cond stays in the
+        program while they are used and every later check that reads them runs after it.
+        With `pass_on`, a later check that gets a tied leaf takes the untied one over
+        (`_take_over`). `blocks` are the indices of the blocks of the enclosing stacks, which
+        the message puts in place of the location's `*`.
         """
-        if not found:
-            return results, after
-        values = [leaf for _, leaf in leaves]
-        pred = _any_flagged(leaves) if after is None else jnp.logical_or(_any_flagged(leaves), after)
+        if not found and after is None:
+            return results, None, False
+        chain = [] if after is None else after.chain
+        base = len(chain)
+        chain.extend((self, entry, pass_) for entry in found)
+        code = jnp.asarray(_NONE, jnp.int32) if after is None else after.code
+        if found:
+            flags = jnp.stack([check.flag(leaf) for check, leaf in leaves])
+            indices = base + jnp.arange(len(found), dtype=jnp.int32)
+            code = jnp.minimum(code, jnp.min(jnp.where(flags, indices, _NONE)))
+        answer = _Answer(code, chain)
+        picks = jax.tree.map(_tieable, results) if tied is None else tied(results)
+        if not any(jax.tree.leaves(picks)):
+            return results, answer, False
 
-        def report(flags: np.ndarray, blocks: np.ndarray) -> np.ndarray:
-            flags = np.asarray(flags)
-            if flags.any():
-                raise remember(self._error(found[int(np.argmax(flags))], pass_, blocks))
+        def report(code: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+            if int(code) != _NONE:  # (under `vmap` the callback also runs for the other elements)
+                layer, entry, pass_ = chain[int(code)]
+                raise remember(layer._error(entry, pass_, blocks))
             return np.zeros((), np.bool_)
 
-        def call_back(flags: jax.Array, blocks: jax.Array) -> jax.Array:
+        def call_back(code: jax.Array, blocks: jax.Array) -> jax.Array:
             result = jax.ShapeDtypeStruct((), jnp.bool_)
-            return jax.pure_callback(report, result, flags, blocks, vmap_method="sequential")
+            return jax.pure_callback(report, result, code, blocks, vmap_method="sequential")
 
-        def fail(values: list[jax.Array], blocks: jax.Array) -> jax.Array:
-            flags = jnp.stack([check.flag(leaf) for (check, _), leaf in zip(leaves, values)])
-            return jax.lax.cond(flags.any(), call_back, lambda *_: jnp.zeros((), jnp.bool_), flags, blocks)
-
-        failed = jax.lax.cond(pred, fail, lambda values, blocks: jnp.zeros((), jnp.bool_), values, blocks)
-
-        def tie(leaf: Any) -> Any:
-            if not _floating(leaf):
-                return leaf
-            first = (0,) * jnp.ndim(leaf)  # one element carries the dependency: no pass over the array
-            return leaf.at[first].set(jnp.where(failed, jnp.array(jnp.nan, leaf.dtype), leaf[first]))
-
-        if tied is None:
-            return jax.tree.map(tie, results), failed
-        return jax.tree.map(lambda leaf, pick: tie(leaf) if pick else leaf, results, tied(results)), failed
+        failed = jax.lax.cond(code != _NONE, call_back, lambda *_: jnp.zeros((), jnp.bool_), code, blocks)
+        out = jax.tree.map(lambda leaf, pick: _tie(leaf, failed) if pick else leaf, results, picks)
+        if pass_on:
+            _pass_on(out, results, answer)
+        return out, answer, True
 
     def _held(self, tree: Any) -> Any:
         """The entries of `tree` that a container holds itself: those not named after a child."""
@@ -452,34 +514,44 @@ class DebugLayer(WrapperLayer):
         return {name: value for name, value in tree.items() if name not in children}
 
     def _forward(
-        self, run: Callable, x: Any, ps: Any, st: Any, blocks: jax.Array, fresh: bool = True
-    ) -> tuple[Any, Any, Any]:
+        self, run: Callable, x: Any, ps: Any, st: Any, blocks: jax.Array, fresh: bool = True, take_over: bool = True
+    ) -> tuple[Any, Any, _Answer | None]:
         """Runs `run(x, ps, st) -> ((y, new_st), extra)` inside the forward checks: `((y, new_st), extra, answer)`.
 
         `fresh`: whether the input is new to the checks (not a checked output of another layer).
+        With `take_over`, an input that an earlier check tied is run untied and that check's
+        answer carried on in this one.
         """
         if self.held_only:
             return self._held_forward(run, x, ps, st, blocks)
-        found, leaves = self._scan([("input", x)] * fresh + [("parameters", ps), ("states", st)], "forward")
-        (y, new_st), extra = run(x, ps, st)
-        more_found, more_leaves = self._scan([("output", y), ("new state", new_st)], "forward")
-        y, failed = self._emit(found + more_found, leaves + more_leaves, "forward", y, blocks)
-        _mark_checked(y, self._value_checks("forward"))  # what the next layer gets inside a differentiated step
-        return (y, new_st), extra, failed
+        untied, after = _take_over(x) if take_over else (x, None)
+        found, leaves = self._scan([("input", untied)] * fresh + [("parameters", ps), ("states", st)], "forward")
+        out, extra = run(untied, ps, st)
+        more_found, more_leaves = self._scan([("output", out[0]), ("new state", out[1])], "forward")
+        tied, answer, emitted = self._emit(
+            found + more_found, leaves + more_leaves, "forward", out, blocks, after, _outputs, pass_on=True
+        )
+        if after is not None and not emitted:  # no output to carry the earlier check on: run on the tied input
+            return self._forward(run, x, ps, st, blocks, fresh, take_over=False)
+        _mark_checked(tied[0], self._value_checks("forward"))  # what the next layer gets inside a differentiated step
+        return tied, extra, answer
 
     def _held_forward(self, run: Callable, x: Any, ps: Any, st: Any, blocks: jax.Array) -> tuple[Any, Any, Any]:
         """The forward checks of a container's own entries: checked before its children run, so they come first."""
         own_ps, own_st = self._held(ps), self._held(st)
+        x, after = _take_over(x)
         found, leaves = self._scan([("parameters", own_ps), ("states", own_st)], "forward")
-        if found:  # under jit: the input and the own entries wait for the check, and so every child's checks
-            (x, own_ps, own_st), failed = self._emit(found, leaves, "forward", (x, own_ps, own_st), blocks)
+        # Under jit the input and the own entries wait for the check, and so every child's checks;
+        # the children carry its answer on.
+        (x, own_ps, own_st), answer, emitted = self._emit(
+            found, leaves, "forward", (x, own_ps, own_st), blocks, after, pass_on=True
+        )
+        if emitted:
             ps, st = {**ps, **own_ps}, {**st, **own_st}
-        else:
-            failed = None
         (y, new_st), extra = run(x, ps, st)
         found, leaves = self._scan([("new state", self._held(new_st))], "forward")
-        y, failed = self._emit(found, leaves, "forward", y, blocks, failed)
-        return (y, new_st), extra, failed
+        y, answer, _ = self._emit(found, leaves, "forward", y, blocks, answer, pass_on=True)
+        return (y, new_st), extra, answer
 
     def __call__(self, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
         # Decided here, on the values the caller passes (inside the custom VJP they are new ones).
@@ -499,53 +571,70 @@ class DebugLayer(WrapperLayer):
         return out
 
     def _checked_vjp(self, fresh: bool) -> Callable:
+        # The chain that the forward answer's code indexes (a residual holds only the code).
+        forward_chain: list[list] = [[]]
+
         @jax.custom_vjp
         def run(x: Any, ps: Any, st: Any, blocks: jax.Array) -> tuple[Any, Any]:
             return self._forward(lambda *args: (self._run(*args), None), x, ps, st, blocks, fresh)[0]
 
         def run_fwd(x: Any, ps: Any, st: Any, blocks: jax.Array) -> tuple[tuple[Any, Any], Any]:
-            out, vjp, failed = self._forward(lambda *args: jax.vjp(self._run, *args), x, ps, st, blocks, fresh)
-            # The forward check's answer is a residual that the backward check waits for, so
-            # every backward check runs after it, even where the output itself is unused.
-            forward_failed = jnp.zeros((), jnp.bool_) if failed is None else failed
-            return out, (vjp, forward_failed, blocks)
+            out, vjp, answer = self._forward(lambda *args: jax.vjp(self._run, *args), x, ps, st, blocks, fresh)
+            # The backward checks carry the forward answer on, so a value flagged in the forward
+            # pass is reported before any gradient.
+            forward_chain[0] = [] if answer is None else answer.chain
+            code = jnp.asarray(_NONE, jnp.int32) if answer is None else answer.code
+            return out, (vjp, code, blocks)
 
         def run_bwd(residuals: Any, cotangent: tuple[Any, Any]) -> tuple[Any, Any, Any, None]:
-            vjp, forward_failed, blocks = residuals
-            ct_y, ct_st = cotangent
-            incoming = [("incoming gradient of output", ct_y), ("incoming gradient of new state", ct_st)]
-            found, leaves = self._scan([] if self.held_only else incoming, "backward")
-            try:
-                grads = vjp(cotangent)
-            except Exception as error:
-                if self._annotates("backward"):
-                    self._noted(error, "backward")
-                raise
-            if self.held_only:
-                inputs: list[tuple[str, Any]] = []
-                own = [("gradient of parameters", self._held(grads[1])), ("gradient of states", self._held(grads[2]))]
-            else:
-                inputs = [("gradient of input", grads[0])]
-                own = [("gradient of parameters", grads[1]), ("gradient of states", grads[2])]
-            # Two checks. The first (incoming gradients, input gradient) ties the input
-            # gradient, so earlier layers' checks wait for it. The second (the gradients of
-            # the layer's own parameters and states) waits for the first and ties only the
-            # smallest of those gradients, which keeps it alive: tying the input gradient to it
-            # would put the weight gradient's product and a pass over it on the path of every
-            # earlier layer's backward pass.
-            more_found, more_leaves = self._scan(inputs, "backward")
-            grad_x, answer = self._emit(
-                found + more_found, leaves + more_leaves, "backward", grads[0], blocks, forward_failed
-            )
-            own_found, own_leaves = self._scan(own, "backward")
-            grad_own = self._emit(own_found, own_leaves, "backward", grads[1:], blocks, answer, _smallest)[0]
-            checked = (grad_x, *grad_own)
-            if not self.held_only:
-                _mark_checked(grad_x, self._value_checks("backward"))
-            return (*checked, None)  # the block indices are integers: no gradient
+            vjp, code, blocks = residuals
+            after, carry = _Answer(code, forward_chain[0]), False
+            if not self.held_only:  # the later layer's input-gradient check, carried on here
+                ct_y, taken = _take_over(cotangent[0])
+                if taken is not None:
+                    cotangent, after, carry = (ct_y, cotangent[1]), taken, True
+            return (*self._backward(vjp, cotangent, blocks, after, carry), None)  # block indices: no gradient
 
         run.defvjp(run_fwd, run_bwd)
         return run
+
+    def _backward(
+        self, vjp: Callable, cotangent: tuple[Any, Any], blocks: jax.Array, after: _Answer, carry: bool
+    ) -> tuple[Any, Any, Any]:
+        """The layer's backward pass inside its two backward checks: the gradients of input, parameters, states.
+
+        The first check (incoming gradients, input gradient) ties the input gradient and passes
+        it on to the earlier layer's checks. The second (the gradients of the layer's own
+        parameters and states) carries the first's answer on and ties only the smallest of
+        those gradients, which keeps it in the program: tying the input gradient to it would
+        put the weight gradient's product and a pass over it on every earlier layer's path.
+        `carry`: `after` comes from a later layer's check that this one must carry on.
+        """
+        ct_y, ct_st = cotangent
+        incoming = [("incoming gradient of output", ct_y), ("incoming gradient of new state", ct_st)]
+        found, leaves = self._scan([] if self.held_only else incoming, "backward")
+        try:
+            grads = vjp(cotangent)
+        except Exception as error:
+            if self._annotates("backward"):
+                self._noted(error, "backward")
+            raise
+        if self.held_only:
+            inputs: list[tuple[str, Any]] = []
+            own = [("gradient of parameters", self._held(grads[1])), ("gradient of states", self._held(grads[2]))]
+        else:
+            inputs = [("gradient of input", grads[0])]
+            own = [("gradient of parameters", grads[1]), ("gradient of states", grads[2])]
+        more_found, more_leaves = self._scan(inputs, "backward")
+        grad_x, answer = grads[0], after
+        if found or more_found or carry:
+            checked = (found + more_found, leaves + more_leaves)
+            grad_x, answer, _ = self._emit(*checked, "backward", grad_x, blocks, after, pass_on=True)
+        own_found, own_leaves = self._scan(own, "backward")
+        grad_own = self._emit(own_found, own_leaves, "backward", grads[1:], blocks, answer, _smallest)[0]
+        if not self.held_only:  # what the earlier layer gets, tied or (taking it over) untied
+            _mark_checked((grad_x, grads[0]), self._value_checks("backward"))
+        return (grad_x, *grad_own)
 
     def __repr__(self) -> str:
         settings = [repr(self.layer)]
